@@ -1,0 +1,176 @@
+/*
+ * common.c: the conventions every emoe-* tool follows (see common.h).
+ */
+#include "config.h"
+#include "common.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *emoe_progname = "emoe";
+int emoe_quiet = 0;
+
+void emoe_tool_init(int argc, char **argv, const char *name)
+{
+    (void)argc;
+    emoe_progname = name;
+    const char *core = emoe_blas_preferred_coretype();
+    if (core && !getenv("EMOE_BLAS_REEXEC")) {
+        /* OpenBLAS chose its kernel when it was loaded: run again with the right one.
+         * EMOE_BLAS_REEXEC guards against a loop if the variable has no effect. */
+        setenv("OPENBLAS_CORETYPE", core, 1);
+        setenv("EMOE_BLAS_REEXEC", "1", 1);
+        execv("/proc/self/exe", argv);
+        /* execv failed: carry on with the slow kernel rather than fail. */
+        unsetenv("OPENBLAS_CORETYPE");
+    }
+    unsetenv("EMOE_BLAS_REEXEC");
+}
+
+static void vmsg(const char *fmt, va_list ap)
+{
+    fflush(stdout);
+    fprintf(stderr, "%s: ", emoe_progname);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+_Noreturn void emoe_tool_fail(const struct emoe_error *err)
+{
+    fflush(stdout);
+    fprintf(stderr, "%s: %s\n", emoe_progname,
+            err && err->msg[0] ? err->msg : emoe_strerror(err ? err->code : EMOE_EIO));
+    exit(EXIT_FAIL);
+}
+
+_Noreturn void emoe_tool_die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(fmt, ap);
+    va_end(ap);
+    exit(EXIT_FAIL);
+}
+
+void emoe_tool_warn(const char *fmt, ...)
+{
+    if (emoe_quiet)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(fmt, ap);
+    va_end(ap);
+}
+
+_Noreturn void emoe_tool_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "Try '%s --help' for more information.\n", emoe_progname);
+    exit(EXIT_USAGE);
+}
+
+int emoe_tool_common_option(int opt, const char *arg, void (*usage)(void))
+{
+    switch (opt) {
+    case OPT_HELP:
+        usage();
+        if (fflush(stdout) != 0 || ferror(stdout))
+            exit(EXIT_FAIL);
+        exit(EXIT_OK);
+    case OPT_VERSION:
+        printf("%s (emoe) %s\n%s\n", emoe_progname, emoe_version(), emoe_version_details());
+        if (fflush(stdout) != 0 || ferror(stdout))
+            exit(EXIT_FAIL);
+        exit(EXIT_OK);
+    case OPT_QUIET:
+        emoe_quiet = 1;
+        return 1;
+    case OPT_THREADS:
+        emoe_threads_set((int)emoe_tool_parse_long("--threads", arg, 0, 1024));
+        return 1;
+    case '?':
+        /* getopt_long already said what was wrong */
+        fprintf(stderr, "Try '%s --help' for more information.\n", emoe_progname);
+        exit(EXIT_USAGE);
+    default:
+        return 0;
+    }
+}
+
+long emoe_tool_parse_long(const char *opt, const char *arg, long min, long max)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(arg, &end, 10);
+    if (end == arg || *end != 0)
+        emoe_tool_usage_error("%s: '%s' is not an integer", opt, arg);
+    if (errno == ERANGE || v < min || v > max)
+        emoe_tool_usage_error("%s: %s is outside %ld..%ld", opt, arg, min, max);
+    return v;
+}
+
+double emoe_tool_parse_double(const char *opt, const char *arg, double min, double max)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(arg, &end);
+    if (end == arg || *end != 0)
+        emoe_tool_usage_error("%s: '%s' is not a number", opt, arg);
+    if (errno == ERANGE || !isfinite(v) || v < min || v > max)
+        emoe_tool_usage_error("%s: %s is outside %g..%g", opt, arg, min, max);
+    return v;
+}
+
+double emoe_tool_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void emoe_progress_start(struct emoe_progress *p, const char *label, uint64_t total)
+{
+    memset(p, 0, sizeof *p);
+    p->enabled = !emoe_quiet && isatty(STDERR_FILENO);
+    p->label = label;
+    p->total = total;
+    p->start = emoe_tool_now();
+}
+
+void emoe_progress_update(struct emoe_progress *p, uint64_t done, const char *extra)
+{
+    if (!p->enabled)
+        return;
+    double t = emoe_tool_now();
+    if (t - p->last < 0.1 && done < p->total)
+        return;
+    p->last = t;
+    double frac = p->total ? (double)done / (double)p->total : 0;
+    if (frac > 1)
+        frac = 1;
+    int width = 30, fill = (int)(frac * width);
+    char bar[64];
+    for (int i = 0; i < width; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[width] = 0;
+    double el = t - p->start;
+    double left = frac > 0 ? el * (1 - frac) / frac : 0;
+    fprintf(stderr, "\r%s [%s] %3.0f%% %s%s eta %02d:%02d\033[K", p->label, bar, frac * 100,
+            extra ? extra : "", extra ? " " : "", (int)left / 60, (int)left % 60);
+}
+
+void emoe_progress_end(struct emoe_progress *p)
+{
+    if (p->enabled)
+        fprintf(stderr, "\r\033[K");
+}
