@@ -334,6 +334,15 @@ enum emoe_file_kind { EMOE_FILE_UNKNOWN, EMOE_FILE_NPY, EMOE_FILE_NPZ, EMOE_FILE
 /* Guess from the first bytes (at least 16 should be given). */
 enum emoe_file_kind emoe_file_kind_detect(const void *head, size_t n);
 
+/* ------------------------------------------------------------- JSON text */
+/* @json (safetensors header parser helpers exposed for logs, if any) */
+
+/* ------------------------------------------------------ layers (ViT engine) */
+/* @nn */
+
+/* ------------------------------------------------------ datasets and images */
+/* @data */
+
 #ifdef __cplusplus
 }
 #endif
