@@ -21,17 +21,21 @@ void emoe_tool_init(int argc, char **argv, const char *name)
 {
     (void)argc;
     emoe_progname = name;
+    /* getopt_long reports bad options under argv[0]: make that "emoe-x", not the
+     * path or libtool's wrapper name. */
+    if (argv && argv[0])
+        argv[0] = (char *)name;
     const char *core = emoe_blas_preferred_coretype();
-    if (core && !getenv("EMOE_BLAS_REEXEC")) {
+    if (core && !getenv("EMOE_BLAS_CORETYPE_AUTO")) {
         /* OpenBLAS chose its kernel when it was loaded: run again with the right one.
-         * EMOE_BLAS_REEXEC guards against a loop if the variable has no effect. */
+         * EMOE_BLAS_CORETYPE_AUTO records that emoe (not the user) chose it, and
+         * guards against a loop if the variable has no effect. */
         setenv("OPENBLAS_CORETYPE", core, 1);
-        setenv("EMOE_BLAS_REEXEC", "1", 1);
+        setenv("EMOE_BLAS_CORETYPE_AUTO", core, 1);
         execv("/proc/self/exe", argv);
         /* execv failed: carry on with the slow kernel rather than fail. */
         unsetenv("OPENBLAS_CORETYPE");
     }
-    unsetenv("EMOE_BLAS_REEXEC");
 }
 
 static void vmsg(const char *fmt, va_list ap)
