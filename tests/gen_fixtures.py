@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-AREAS = ["npy", "safetensors", "nn", "data"]
+AREAS = ["npy", "safetensors", "nn", "data", "viz", "model", "moe"]
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))

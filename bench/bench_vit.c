@@ -1,0 +1,165 @@
+/*
+ * bench_vit: training and inference images/s of a small ViT (D 192, depth 6, 3
+ * heads, patch 4 on 32x32x3, 10 classes; the vit-mini preset), its achieved
+ * GFLOP/s (forward FLOPs from emoe_vit_flops, 3x for a training step) and, in the
+ * same run, cblas_sgemm GFLOP/s on 2048 x 2048 (best of 3, before and after the
+ * model, averaged); the ratio is the model FLOP utilisation.  Also prints the peak RSS after training.
+ *
+ *   bench_vit [-j N] [--batch B] [--eval-batch B] [--steps S] [--preset NAME]
+ */
+#include "config.h"
+#include "common.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+static double sgemm_gflops(int n, int repeat)
+{
+    size_t nn = (size_t)n * n;
+    float *a = emoe_alloc_aligned(nn * 4), *b = emoe_alloc_aligned(nn * 4),
+          *c = emoe_alloc_aligned(nn * 4);
+    if (!a || !b || !c)
+        emoe_tool_die("out of memory");
+    for (size_t i = 0; i < nn; i++) {
+        a[i] = (float)(i % 7) * 0.1f;
+        b[i] = (float)(i % 5) * 0.1f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+    double best = 0;
+    for (int r = 0; r < repeat; r++) {
+        double t = emoe_tool_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+        t = emoe_tool_now() - t;
+        double g = 2.0 * n * n * (double)n / t / 1e9;
+        if (g > best)
+            best = g;
+    }
+    emoe_free_aligned(a);
+    emoe_free_aligned(b);
+    emoe_free_aligned(c);
+    return best;
+}
+
+static void check(int rc, const struct emoe_error *err)
+{
+    if (rc)
+        emoe_tool_fail(err);
+}
+
+int main(int argc, char **argv)
+{
+    int threads = 0, B = 128, EB = 256, steps = 5;
+    const char *preset = "vit-mini";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-j") && i + 1 < argc)
+            threads = (int)emoe_tool_parse_long("-j", argv[++i], 0, 1024);
+        else if (!strcmp(argv[i], "--batch") && i + 1 < argc)
+            B = (int)emoe_tool_parse_long("--batch", argv[++i], 1, 65536);
+        else if (!strcmp(argv[i], "--eval-batch") && i + 1 < argc)
+            EB = (int)emoe_tool_parse_long("--eval-batch", argv[++i], 1, 65536);
+        else if (!strcmp(argv[i], "--steps") && i + 1 < argc)
+            steps = (int)emoe_tool_parse_long("--steps", argv[++i], 1, 100000);
+        else if (!strcmp(argv[i], "--preset") && i + 1 < argc)
+            preset = argv[++i];
+        else {
+            fprintf(stderr, "usage: bench_vit [-j N] [--batch B] [--eval-batch B] [--steps S] "
+                            "[--preset NAME]\n");
+            return 2;
+        }
+    }
+    emoe_tool_init(argc, argv, "bench_vit");
+    threads = emoe_threads_set(threads);
+    struct emoe_error err = {0};
+    struct emoe_vit_config cfg;
+    check(emoe_vit_preset(preset, &cfg, &err), &err);
+    struct emoe_model *m;
+    check(emoe_model_new(&cfg, NULL, 0, &m, &err), &err);
+    emoe_model_init(m, 1);
+    struct emoe_adamw_config ac;
+    emoe_adamw_config_init(&ac);
+    struct emoe_adamw *opt;
+    check(emoe_adamw_new(m, &ac, &opt, &err), &err);
+    int maxb = B > EB ? B : EB;
+    size_t isz = (size_t)cfg.image_size[0] * cfg.image_size[1] * cfg.in_chans;
+    unsigned char *x = malloc((size_t)maxb * isz);
+    int32_t *y = malloc((size_t)maxb * sizeof *y);
+    if (!x || !y)
+        emoe_tool_die("out of memory");
+    struct emoe_rng r;
+    emoe_rng_init(&r, 1, 0);
+    for (size_t i = 0; i < (size_t)maxb * isz; i++)
+        x[i] = (unsigned char)emoe_rng_below(&r, 256);
+    for (int i = 0; i < maxb; i++)
+        y[i] = (int32_t)emoe_rng_below(&r, (uint32_t)cfg.num_classes);
+    double flops = emoe_vit_flops(&cfg);
+    /* sgemm before and after the model runs: on a shared machine the mean of the two is
+     * a fairer reference than either */
+    double sg0 = sgemm_gflops(2048, 3);
+
+    /* training: forward, loss, backward, clip, AdamW (one warm-up step) */
+    check(emoe_model_reserve(m, B, 1, &err), &err);
+    double t_fwd = 0, t_bwd = 0, t_opt = 0, t0 = 0;
+    for (int s = 0; s <= steps; s++) {
+        if (s == 1)
+            t0 = emoe_tool_now();
+        double a = emoe_tool_now();
+        check(emoe_model_forward(m, x, EMOE_U8, B, 1, &err), &err);
+        check(emoe_model_loss(m, y, 0.1f, NULL, NULL, NULL, &err), &err);
+        double b = emoe_tool_now();
+        emoe_model_zero_grad(m);
+        check(emoe_model_backward(m, &err), &err);
+        double c = emoe_tool_now();
+        check(emoe_clip_grad_norm(emoe_model_grads(m), emoe_model_trainable_numel(m), 1.0, NULL,
+                                  &err),
+              &err);
+        check(emoe_adamw_step(opt, 1e-4, &err), &err);
+        double d = emoe_tool_now();
+        if (s > 0) {
+            t_fwd += b - a;
+            t_bwd += c - b;
+            t_opt += d - c;
+        }
+    }
+    double t_train = emoe_tool_now() - t0;
+    double train_ips = (double)steps * B / t_train;
+    double train_gf = train_ips * 3 * flops / 1e9;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss_train = ru.ru_maxrss / 1024.0;
+
+    /* inference (a separate model so the training activations are not reused) */
+    struct emoe_model *e;
+    check(emoe_model_new(&cfg, NULL, 0, &e, &err), &err);
+    check(emoe_model_reserve(e, EB, 0, &err), &err);
+    check(emoe_model_forward(e, x, EMOE_U8, EB, 0, &err), &err);
+    double t1 = emoe_tool_now();
+    for (int s = 0; s < steps; s++)
+        check(emoe_model_forward(e, x, EMOE_U8, EB, 0, &err), &err);
+    double t_inf = emoe_tool_now() - t1;
+    double inf_ips = (double)steps * EB / t_inf;
+    double inf_gf = inf_ips * flops / 1e9;
+
+    double sg1 = sgemm_gflops(2048, 3), sg = 0.5 * (sg0 + sg1);
+    printf("bench_vit: %s (D %d, depth %d, heads %d, patch %d, %dx%dx%d, %d classes), -j %d, "
+           "BLAS %s\n",
+           preset, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.patch_size, cfg.image_size[0],
+           cfg.image_size[1], cfg.in_chans, cfg.num_classes, threads, emoe_blas_corename());
+    printf("forward FLOPs per image: %.1f M\n", flops / 1e6);
+    printf("training  (batch %d): %.1f images/s, %.1f GFLOP/s (forward %.0f ms, backward %.0f "
+           "ms, clip+adamw %.0f ms per step)\n",
+           B, train_ips, train_gf, 1e3 * t_fwd / steps, 1e3 * t_bwd / steps,
+           1e3 * t_opt / steps);
+    printf("inference (batch %d): %.1f images/s, %.1f GFLOP/s\n", EB, inf_ips, inf_gf);
+    printf("sgemm 2048x2048: %.1f GFLOP/s (before %.1f, after %.1f)\n", sg, sg0, sg1);
+    printf("utilisation: training %.2f, inference %.2f\n", train_gf / sg, inf_gf / sg);
+    printf("peak RSS after training: %.0f MB\n", rss_train);
+    emoe_model_free(e);
+    emoe_adamw_free(opt);
+    emoe_model_free(m);
+    free(x);
+    free(y);
+    return 0;
+}

@@ -1,0 +1,100 @@
+/*
+ * data.h: private declarations shared by the dataset readers (lib/prep*.c) and
+ * lib/dataset.c.  Not installed.
+ */
+#ifndef EMOE_DATA_H
+#define EMOE_DATA_H
+
+#include "internal.h"
+
+struct archive;
+
+/*
+ * One image (or volume) as a reader found it.  Images land in slots of a growing
+ * store in arrival order; at the end the items are sorted by (cls, key, sub) so the
+ * dataset order depends neither on the archive order nor on the thread count.
+ */
+struct prep_item {
+    char *cls;          /* class name (labels from sorted names), or NULL */
+    char *key;          /* sort key: member path; may be NULL */
+    uint64_t sub;       /* record index inside key */
+    int64_t label;      /* when cls is NULL and the reader knows the label */
+    float target;       /* regression target */
+    size_t slot;        /* where the pixels are */
+    int bad;            /* decode failed: dropped */
+};
+
+struct collector {
+    enum emoe_dtype dtype;      /* U8 images or F32 volumes */
+    int ndim;                   /* per-item rank (3: H, W, C; 4: D, H, W, C) */
+    int64_t dims[4];
+    size_t item_bytes;
+    struct emoe_buffer *buf;    /* the pixel store; grows */
+    size_t nslots, cap;
+    struct prep_item *items;
+    size_t nitems, items_cap;
+    char **names;               /* class names known from a file (label i), or NULL */
+    size_t nnames;
+    int regression;             /* labels are f32 targets */
+};
+
+int collector_init(struct collector *c, enum emoe_dtype dtype, int ndim, const int64_t *dims,
+                   struct emoe_error *err);
+void collector_free(struct collector *c);
+/* Reserve n consecutive slots; returns the first. */
+int collector_reserve(struct collector *c, size_t n, size_t *first, struct emoe_error *err);
+static inline unsigned char *collector_slot(struct collector *c, size_t slot)
+{
+    return (unsigned char *)c->buf->base + slot * c->item_bytes;
+}
+/* A new item (strings are copied; cls/key may be NULL). */
+int collector_add(struct collector *c, const char *cls, const char *key, uint64_t sub,
+                  int64_t label, size_t slot, struct prep_item **out, struct emoe_error *err);
+/* Class names by label (copied). */
+int collector_set_names(struct collector *c, char *const *names, size_t n,
+                        struct emoe_error *err);
+/* Sort, select (classes, per-class, limit), build the dataset.  c is emptied. */
+int collector_finish(struct collector *c, const struct emoe_prep_options *o,
+                     struct emoe_dataset **out, struct emoe_error *err);
+
+/* Convert one RGB or gray image [h, w, cin] to the options' size and channels into dst
+ * [n, n, cout] (n = size, or w == h when size is 0). */
+int prep_convert_pixels(const unsigned char *src, int w, int h, int cin, int size, int cout,
+                        unsigned char *dst, struct emoe_error *err);
+
+/* Open an archive file for streaming reads (any format and filter libarchive knows). */
+int prep_archive_open(const char *path, struct archive **out, struct emoe_error *err);
+/* "path: <libarchive's message>" as EMOE_EFORMAT (truncated or corrupt archive). */
+int prep_archive_error(struct archive *a, const char *path, struct emoe_error *err);
+/* Read the current member whole (bounded by max bytes) into a malloc'd buffer (one
+ * byte more than *size, NUL-terminated).  hint: the size the header gives, or -1. */
+int prep_archive_read_member(struct archive *a, const char *path, const char *member,
+                             int64_t hint, size_t max, unsigned char **data, size_t *size,
+                             struct emoe_error *err);
+/* Whole file into memory (bounded). */
+int prep_read_file(const char *path, size_t max, unsigned char **data, size_t *size,
+                   struct emoe_error *err);
+/* Split text into lines (trimmed of \r and trailing blanks; empty lines dropped). */
+int prep_split_lines(const char *text, size_t n, char ***lines, size_t *nlines,
+                     struct emoe_error *err);
+void prep_free_strings(char **s, size_t n);
+const char *prep_basename(const char *path);
+int prep_has_suffix(const char *s, const char *suffix); /* case-insensitive */
+
+/* The readers. */
+int prep_read_mnist(const char *const *src, size_t n, const struct emoe_prep_options *o,
+                    struct emoe_dataset **out, struct emoe_prep_result *res,
+                    struct emoe_error *err);
+int prep_read_cifar(const char *const *src, size_t n, int cifar100,
+                    const struct emoe_prep_options *o, struct emoe_dataset **out,
+                    struct emoe_prep_result *res, struct emoe_error *err);
+int prep_read_imagefolder(const char *const *src, size_t n, enum emoe_prep_format fmt,
+                          const struct emoe_prep_options *o, struct emoe_dataset **out,
+                          struct emoe_prep_result *res, struct emoe_error *err);
+int prep_read_nifti(const char *const *src, size_t n, const struct emoe_prep_options *o,
+                    struct emoe_dataset **out, struct emoe_prep_result *res,
+                    struct emoe_error *err);
+int prep_read_synthetic(const struct emoe_prep_options *o, struct emoe_dataset **out,
+                        struct emoe_error *err);
+
+#endif

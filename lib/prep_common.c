@@ -1,0 +1,459 @@
+/*
+ * prep_common.c: emoe_prep_read (format detection and dispatch to the readers) and
+ * helpers the readers share: archives through libarchive, bounded file reads, text
+ * lines, pixel conversion.
+ */
+#include "config.h"
+#include "data.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <zlib.h>
+
+static const char *const format_names[] = {
+    [EMOE_PREP_AUTO] = "auto",           [EMOE_PREP_CIFAR10] = "cifar10",
+    [EMOE_PREP_CIFAR100] = "cifar100",   [EMOE_PREP_MNIST] = "mnist",
+    [EMOE_PREP_IMAGEFOLDER] = "imagefolder", [EMOE_PREP_TINYIMAGENET] = "tinyimagenet",
+    [EMOE_PREP_IMAGENET] = "imagenet",   [EMOE_PREP_NIFTI] = "nifti",
+    [EMOE_PREP_SYNTHETIC] = "synthetic",
+};
+
+const char *emoe_prep_format_name(enum emoe_prep_format f)
+{
+    return (unsigned)f < sizeof format_names / sizeof *format_names ? format_names[f] : "?";
+}
+
+int emoe_prep_format_from_name(const char *name, enum emoe_prep_format *out)
+{
+    for (size_t i = 0; i < sizeof format_names / sizeof *format_names; i++)
+        if (strcmp(name, format_names[i]) == 0) {
+            *out = (enum emoe_prep_format)i;
+            return EMOE_OK;
+        }
+    return EMOE_EINVAL;
+}
+
+void emoe_prep_options_init(struct emoe_prep_options *o)
+{
+    memset(o, 0, sizeof *o);
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+const char *prep_basename(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+int prep_has_suffix(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcasecmp(s + n - m, suffix) == 0;
+}
+
+void prep_free_strings(char **s, size_t n)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(s[i]);
+    free(s);
+}
+
+int prep_split_lines(const char *text, size_t n, char ***lines, size_t *nlines,
+                     struct emoe_error *err)
+{
+    size_t cap = 1;
+    for (size_t i = 0; i < n; i++)
+        cap += text[i] == '\n';
+    char **v = calloc(cap, sizeof *v);
+    if (!v)
+        return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
+    size_t k = 0, i = 0;
+    while (i < n) {
+        size_t j = i;
+        while (j < n && text[j] != '\n')
+            j++;
+        size_t e = j;
+        while (e > i && (text[e - 1] == '\r' || text[e - 1] == ' ' || text[e - 1] == '\t'))
+            e--;
+        if (e > i) {
+            if (memchr(text + i, 0, e - i)) {
+                prep_free_strings(v, k);
+                return emoe_error_set(err, EMOE_EFORMAT, "NUL byte in a text file");
+            }
+            v[k] = malloc(e - i + 1);
+            if (!v[k]) {
+                prep_free_strings(v, k);
+                return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
+            }
+            memcpy(v[k], text + i, e - i);
+            v[k++][e - i] = 0;
+        }
+        i = j + 1;
+    }
+    *lines = v;
+    *nlines = k;
+    return EMOE_OK;
+}
+
+int prep_read_file(const char *path, size_t max, unsigned char **data, size_t *size,
+                   struct emoe_error *err)
+{
+    *data = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return emoe_error_set(err, errno == ENOENT ? EMOE_ENOTFOUND : EMOE_EIO, "%s: %s", path,
+                              strerror(errno));
+    size_t cap = 0, n = 0;
+    unsigned char *p = NULL;
+    for (;;) {
+        if (n == cap) {
+            if (cap >= max) {
+                free(p);
+                fclose(f);
+                return emoe_error_set(err, EMOE_ERANGE, "%s: larger than %zu bytes", path, max);
+            }
+            cap = cap ? cap * 2 : 65536;
+            if (cap > max)
+                cap = max;
+            unsigned char *q = realloc(p, cap + 1);
+            if (!q) {
+                free(p);
+                fclose(f);
+                return emoe_error_set(err, EMOE_ENOMEM, "%s: out of memory", path);
+            }
+            p = q;
+        }
+        size_t r = fread(p + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) {
+            if (ferror(f)) {
+                int e = errno;
+                free(p);
+                fclose(f);
+                return emoe_error_set(err, EMOE_EIO, "%s: %s", path, strerror(e));
+            }
+            break;
+        }
+    }
+    fclose(f);
+    if (!p && !(p = malloc(1)))
+        return emoe_error_set(err, EMOE_ENOMEM, "%s: out of memory", path);
+    p[n] = 0; /* text readers may rely on a terminator (cap + 1 allocated) */
+    *data = p;
+    *size = n;
+    return EMOE_OK;
+}
+
+int prep_archive_open(const char *path, struct archive **out, struct emoe_error *err)
+{
+    *out = NULL;
+    struct archive *a = archive_read_new();
+    if (!a)
+        return emoe_error_set(err, EMOE_ENOMEM, "%s: out of memory", path);
+    archive_read_support_filter_all(a);
+    archive_read_support_format_all(a);
+    if (archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK) {
+        int e = archive_errno(a);
+        int code = e == ENOENT ? EMOE_ENOTFOUND : EMOE_EFORMAT;
+        const char *m = archive_error_string(a) ? archive_error_string(a) : "cannot open";
+        if (code == EMOE_ENOTFOUND)
+            emoe_error_set(err, code, "%s: %s", path, m);
+        else
+            prep_archive_error(a, path, err);
+        archive_read_free(a);
+        return code;
+    }
+    *out = a;
+    return EMOE_OK;
+}
+
+int prep_archive_error(struct archive *a, const char *path, struct emoe_error *err)
+{
+    const char *m = archive_error_string(a);
+    return emoe_error_set(err, EMOE_EFORMAT, "%s: truncated or corrupt archive: %s", path,
+                          m ? m : "read error");
+}
+
+int prep_archive_read_member(struct archive *a, const char *path, const char *member,
+                             int64_t hint, size_t max, unsigned char **data, size_t *size,
+                             struct emoe_error *err)
+{
+    *data = NULL;
+    size_t cap = 0, n = 0;
+    unsigned char *p = NULL;
+    if (hint >= 0 && (uint64_t)hint < max) {
+        /* the size the header gives, plus one byte so that the end is seen at once */
+        cap = (size_t)hint + 1;
+        if (!(p = malloc(cap + 1)))
+            return emoe_error_set(err, EMOE_ENOMEM, "%s: out of memory", path);
+    }
+    for (;;) {
+        if (n == cap) {
+            if (cap >= max) {
+                free(p);
+                return emoe_error_set(err, EMOE_ERANGE, "%s: member '%s' is larger than %zu bytes",
+                                      path, member, max);
+            }
+            cap = cap ? cap * 2 : 65536;
+            if (cap > max)
+                cap = max;
+            unsigned char *q = realloc(p, cap + 1);
+            if (!q) {
+                free(p);
+                return emoe_error_set(err, EMOE_ENOMEM, "%s: out of memory", path);
+            }
+            p = q;
+        }
+        la_ssize_t r = archive_read_data(a, p + n, cap - n);
+        if (r < 0) {
+            free(p);
+            int rc = prep_archive_error(a, path, err);
+            return rc;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    if (!p && !(p = malloc(1)))
+        return emoe_error_set(err, EMOE_ENOMEM, "%s: out of memory", path);
+    p[n] = 0;
+    *data = p;
+    *size = n;
+    return EMOE_OK;
+}
+
+int prep_convert_pixels(const unsigned char *src, int w, int h, int cin, int size, int cout,
+                        unsigned char *dst, struct emoe_error *err)
+{
+    if (size <= 0 && w != h)
+        return emoe_error_set(err, EMOE_EINVAL, "image is %dx%d; give a size", w, h);
+    int n = size > 0 ? size : w;
+    const unsigned char *p = src;
+    unsigned char *tmp = NULL;
+    if (cin != cout) {
+        size_t npix = (size_t)w * (size_t)h;
+        tmp = malloc(npix * (size_t)cout);
+        if (!tmp)
+            return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
+        if (cin == 3) {
+            for (size_t i = 0; i < npix; i++)
+                tmp[i] = (unsigned char)((src[3 * i] * 19595u + src[3 * i + 1] * 38470u +
+                                          src[3 * i + 2] * 7471u + 32768u) >> 16);
+        } else {
+            for (size_t i = 0; i < npix; i++)
+                tmp[3 * i] = tmp[3 * i + 1] = tmp[3 * i + 2] = src[i];
+        }
+        p = tmp;
+    }
+    int rc = EMOE_OK;
+    if (w == n && h == n)
+        memcpy(dst, p, (size_t)n * n * cout);
+    else
+        rc = emoe_image_resize_crop(p, w, h, cout, n, dst, err);
+    free(tmp);
+    return rc;
+}
+
+/* ------------------------------------------------------------ detection */
+
+/* First bytes of a file, gunzipped when it is gzip. */
+static int peek(const char *path, unsigned char *buf, size_t want, size_t *got, int *gz,
+                struct emoe_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return emoe_error_set(err, errno == ENOENT ? EMOE_ENOTFOUND : EMOE_EIO, "%s: %s", path,
+                              strerror(errno));
+    unsigned char m[2] = {0, 0};
+    size_t r = fread(m, 1, 2, f);
+    fclose(f);
+    *gz = r == 2 && m[0] == 0x1f && m[1] == 0x8b;
+    gzFile g = gzopen(path, "rb");
+    if (!g)
+        return emoe_error_set(err, EMOE_EIO, "%s: cannot open", path);
+    int n = gzread(g, buf, (unsigned)want);
+    gzclose(g);
+    *got = n > 0 ? (size_t)n : 0;
+    return EMOE_OK;
+}
+
+/* Look at the member names of an archive (the first 4096 when it is compressed, where
+ * skipping means decompressing). */
+static int detect_archive(const char *path, int compressed, enum emoe_prep_format *fmt,
+                          struct emoe_error *err)
+{
+    struct archive *a;
+    int rc = prep_archive_open(path, &a, err);
+    if (rc != EMOE_OK)
+        return rc;
+    struct archive_entry *e;
+    int bins = 0, jpgs = 0, wnids = 0, tars = 0, nii = 0, c100 = 0, r = ARCHIVE_OK;
+    size_t limit = compressed ? 4096 : SIZE_MAX;
+    for (size_t i = 0; i < limit && (r = archive_read_next_header(a, &e)) == ARCHIVE_OK; i++) {
+        const char *name = archive_entry_pathname(e);
+        if (!name)
+            continue;
+        const char *b = prep_basename(name);
+        if (prep_has_suffix(name, ".bin"))
+            bins++;
+        if (!strcmp(b, "fine_label_names.txt") || !strcmp(b, "train.bin") ||
+            !strcmp(b, "test.bin"))
+            c100++;
+        if (prep_has_suffix(name, ".jpg") || prep_has_suffix(name, ".jpeg"))
+            jpgs++;
+        if (!strcmp(b, "wnids.txt") || !strcmp(b, "val_annotations.txt"))
+            wnids++;
+        if (prep_has_suffix(name, ".tar"))
+            tars++;
+        if (prep_has_suffix(name, ".nii") || prep_has_suffix(name, ".nii.gz"))
+            nii++;
+    }
+    if (r == ARCHIVE_FATAL) {
+        rc = prep_archive_error(a, path, err);
+        archive_read_free(a);
+        return rc;
+    }
+    archive_read_free(a);
+    if (bins)
+        *fmt = c100 ? EMOE_PREP_CIFAR100 : EMOE_PREP_CIFAR10;
+    else if (wnids)
+        *fmt = EMOE_PREP_TINYIMAGENET;
+    else if (tars && !jpgs)
+        *fmt = EMOE_PREP_IMAGENET;
+    else if (jpgs)
+        *fmt = EMOE_PREP_IMAGEFOLDER;
+    else
+        return emoe_error_set(err, EMOE_EFORMAT,
+                              "%s: unknown layout (no JPEG images, CIFAR batches or class tars "
+                              "found)", path);
+    (void)nii;
+    return EMOE_OK;
+}
+
+static int detect(const char *path, enum emoe_prep_format *fmt, struct emoe_error *err)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return emoe_error_set(err, errno == ENOENT ? EMOE_ENOTFOUND : EMOE_EIO, "%s: %s", path,
+                              strerror(errno));
+    if (S_ISDIR(st.st_mode)) {
+        char p[4096];
+        snprintf(p, sizeof p, "%s/wnids.txt", path);
+        if (stat(p, &st) == 0) {
+            *fmt = EMOE_PREP_TINYIMAGENET;
+            return EMOE_OK;
+        }
+        const char *idx[4] = {"train-images-idx3-ubyte", "train-images-idx3-ubyte.gz",
+                              "t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz"};
+        for (int i = 0; i < 4; i++) {
+            snprintf(p, sizeof p, "%s/%s", path, idx[i]);
+            if (stat(p, &st) == 0) {
+                *fmt = EMOE_PREP_MNIST;
+                return EMOE_OK;
+            }
+        }
+        DIR *d = opendir(path);
+        struct dirent *de;
+        int nii = 0;
+        while (d && (de = readdir(d)))
+            nii |= prep_has_suffix(de->d_name, ".nii") || prep_has_suffix(de->d_name, ".nii.gz");
+        if (d)
+            closedir(d);
+        *fmt = nii ? EMOE_PREP_NIFTI : EMOE_PREP_IMAGEFOLDER;
+        return EMOE_OK;
+    }
+    unsigned char h[512];
+    size_t n = 0;
+    int gz = 0;
+    int rc = peek(path, h, sizeof h, &n, &gz, err);
+    if (rc != EMOE_OK)
+        return rc;
+    if (n >= 4 && h[0] == 0 && h[1] == 0 && h[2] == 8 && (h[3] == 1 || h[3] == 3)) {
+        *fmt = EMOE_PREP_MNIST;
+        return EMOE_OK;
+    }
+    if (n >= 4 && ((h[0] == 0x5c && h[1] == 1 && h[2] == 0 && h[3] == 0) ||
+                   (h[0] == 0 && h[1] == 0 && h[2] == 1 && h[3] == 0x5c) ||
+                   (h[0] == 0x1c && h[1] == 2 && h[2] == 0 && h[3] == 0) ||
+                   (h[0] == 0 && h[1] == 0 && h[2] == 2 && h[3] == 0x1c))) {
+        *fmt = EMOE_PREP_NIFTI; /* sizeof_hdr 348 or 540 */
+        return EMOE_OK;
+    }
+    if (!gz && prep_has_suffix(path, ".bin")) {
+        *fmt = (st.st_size % 3074 == 0 && st.st_size % 3073 != 0) ? EMOE_PREP_CIFAR100
+                                                                   : EMOE_PREP_CIFAR10;
+        return EMOE_OK;
+    }
+    int is_zip = n >= 4 && h[0] == 'P' && h[1] == 'K';
+    int is_tar = n >= 262 && memcmp(h + 257, "ustar", 5) == 0;
+    if (is_zip || is_tar || gz)
+        return detect_archive(path, gz, fmt, err);
+    return emoe_error_set(err, EMOE_EFORMAT, "%s: unknown format (not an archive, idx, CIFAR "
+                          "batch or NIfTI file)", path);
+}
+
+int emoe_prep_read(const char *const *sources, size_t nsources,
+                   const struct emoe_prep_options *o, struct emoe_dataset **out,
+                   struct emoe_prep_result *res, struct emoe_error *err)
+{
+    *out = NULL;
+    struct emoe_prep_result dummy;
+    if (!res)
+        res = &dummy;
+    memset(res, 0, sizeof *res);
+    if (o->channels != 0 && o->channels != 1 && o->channels != 3)
+        return emoe_error_set(err, EMOE_EINVAL, "channels must be 1 or 3, not %d", o->channels);
+    if (o->size < 0 || o->size > 65536)
+        return emoe_error_set(err, EMOE_EINVAL, "size %d is out of range", o->size);
+    if (o->split && strcmp(o->split, "train") && strcmp(o->split, "test") &&
+        strcmp(o->split, "val"))
+        return emoe_error_set(err, EMOE_EINVAL, "split must be train, test or val, not '%s'",
+                              o->split);
+    enum emoe_prep_format fmt = o->format;
+    if (fmt != EMOE_PREP_SYNTHETIC && nsources == 0)
+        return emoe_error_set(err, EMOE_EINVAL, "no source given");
+    if (fmt == EMOE_PREP_AUTO) {
+        int rc = detect(sources[0], &fmt, err);
+        if (rc != EMOE_OK)
+            return rc;
+    }
+    res->format = fmt;
+    int rc;
+    switch (fmt) {
+    case EMOE_PREP_MNIST:
+        rc = prep_read_mnist(sources, nsources, o, out, res, err);
+        break;
+    case EMOE_PREP_CIFAR10:
+    case EMOE_PREP_CIFAR100:
+        rc = prep_read_cifar(sources, nsources, fmt == EMOE_PREP_CIFAR100, o, out, res, err);
+        break;
+    case EMOE_PREP_IMAGEFOLDER:
+    case EMOE_PREP_IMAGENET:
+    case EMOE_PREP_TINYIMAGENET:
+        rc = prep_read_imagefolder(sources, nsources, fmt, o, out, res, err);
+        break;
+    case EMOE_PREP_NIFTI:
+        rc = prep_read_nifti(sources, nsources, o, out, res, err);
+        break;
+    case EMOE_PREP_SYNTHETIC:
+        rc = prep_read_synthetic(o, out, err);
+        break;
+    default:
+        return emoe_error_set(err, EMOE_EUNSUPPORTED, "%s%sformat '%s' is not implemented yet",
+                              nsources ? sources[0] : "", nsources ? ": " : "",
+                              emoe_prep_format_name(fmt));
+    }
+    if (rc == EMOE_OK)
+        res->images = (size_t)(*out)->images->shape[0];
+    return rc;
+}
