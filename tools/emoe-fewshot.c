@@ -6,8 +6,9 @@
  *                          --test-features F.npy --test-labels L.npy
  *
  * Prints one row per shot count: the mean and std of top-1 accuracy (in percent)
- * over the seeds, and with -v each seed's.  This build takes the feature files;
- * computing features with a model (-m) is reported as not available yet.
+ * over the seeds, and with -v each seed's.  With -m the features are the model's
+ * pre-logits on the two datasets (emoe_eval_features); otherwise they come from
+ * .npy files made elsewhere (e.g. emoe-eval --features-out).
  */
 #include "config.h"
 #include "common.h"
@@ -158,6 +159,10 @@ static void parse_options(int argc, char **argv, struct options *o)
                               "--test-features and --test-labels");
     if (model && !(o->model && o->train && o->test))
         emoe_tool_usage_error("model mode needs all of -m MODEL, --train and --test");
+    if (model && strcmp(o->model, "-") == 0)
+        emoe_tool_usage_error("-m: the model must be a file, not '-'");
+    if (model && strcmp(o->train, "-") == 0 && strcmp(o->test, "-") == 0)
+        emoe_tool_usage_error("--train and --test cannot both read standard input");
 }
 
 /* Features f32 [N, D] (f16, bf16, f64 are converted). */
@@ -221,6 +226,43 @@ static int32_t *load_labels(const char *path, size_t want, const char *fpath, in
     return y;
 }
 
+/* Model form: the pre-logit features and labels of both datasets (lib/eval.c). */
+static void model_features(const struct options *o, struct emoe_tensor **xtr, int32_t **ytr,
+                           struct emoe_tensor **xte, int32_t **yte, int *Ktr, int *Kte)
+{
+    struct emoe_error err = {0};
+    struct emoe_model *m;
+    struct emoe_moe *moe;
+    if (emoe_model_load(o->model, &m, &moe, &err) != EMOE_OK)
+        emoe_tool_fail(&err);
+    const char *paths[2] = {o->train, o->test};
+    struct emoe_tensor **x[2] = {xtr, xte};
+    int32_t **y[2] = {ytr, yte};
+    int *K[2] = {Ktr, Kte};
+    for (int s = 0; s < 2; s++) {
+        struct emoe_dataset *d;
+        const char *name = strcmp(paths[s], "-") ? paths[s] : "<stdin>";
+        if (emoe_dataset_read(paths[s], &d, &err) != EMOE_OK)
+            emoe_tool_fail(&err);
+        if (d->labels->dtype != EMOE_I64)
+            emoe_tool_die("%s: labels are %s, the probe needs class labels", name,
+                          emoe_dtype_name(d->labels->dtype));
+        if (emoe_eval_features(m, d, 64, name, x[s], y[s], &err) != EMOE_OK)
+            emoe_tool_fail(&err);
+        size_t n = (size_t)(*x[s])->shape[0];
+        for (size_t i = 0; i < n; i++) {
+            if ((*y[s])[i] > 1000000)
+                emoe_tool_die("%s: label %d of image %zu is outside [0, 1000000]", name,
+                              (int)(*y[s])[i], i);
+            if ((*y[s])[i] > *K[s])
+                *K[s] = (*y[s])[i];
+        }
+        emoe_dataset_free(d);
+    }
+    emoe_moe_free(moe);
+    emoe_model_free(m);
+}
+
 struct progress_ctx {
     struct emoe_progress bar;
     uint64_t done;
@@ -241,25 +283,32 @@ int main(int argc, char **argv)
     emoe_tool_init(argc, argv, "emoe-fewshot");
     argv[0] = (char *)"emoe-fewshot"; /* getopt_long names the program from argv[0] */
     parse_options(argc, argv, &o);
-    if (o.model)
-        emoe_tool_die("-m %s: computing features with a model is not available in this "
-                      "build yet; make features elsewhere (e.g. emoe-eval --features-out) "
-                      "and give --train-features, --train-labels, --test-features, "
-                      "--test-labels", o.model);
-
-    struct emoe_tensor *xtr = load_features(o.train_features);
-    struct emoe_tensor *xte = load_features(o.test_features);
-    if (xtr->shape[1] != xte->shape[1])
-        emoe_tool_die("%s: %lld features per sample, but %s has %lld", o.test_features,
-                      (long long)xte->shape[1], o.train_features, (long long)xtr->shape[1]);
+    struct emoe_tensor *xtr, *xte;
+    int32_t *ytr, *yte;
+    int Ktr = -1, Kte = -1;
+    const char *train_name, *test_name; /* for messages */
+    if (o.model) {
+        model_features(&o, &xtr, &ytr, &xte, &yte, &Ktr, &Kte);
+        train_name = o.train;
+        test_name = o.test;
+    } else {
+        xtr = load_features(o.train_features);
+        xte = load_features(o.test_features);
+        if (xtr->shape[1] != xte->shape[1])
+            emoe_tool_die("%s: %lld features per sample, but %s has %lld", o.test_features,
+                          (long long)xte->shape[1], o.train_features,
+                          (long long)xtr->shape[1]);
+        ytr = load_labels(o.train_labels, (size_t)xtr->shape[0], o.train_features, &Ktr);
+        yte = load_labels(o.test_labels, (size_t)xte->shape[0], o.test_features, &Kte);
+        train_name = o.train_labels;
+        test_name = o.test_labels;
+    }
     size_t ntr = (size_t)xtr->shape[0], nte = (size_t)xte->shape[0];
-    int D = (int)xtr->shape[1], Ktr = -1, Kte = -1;
-    int32_t *ytr = load_labels(o.train_labels, ntr, o.train_features, &Ktr);
-    int32_t *yte = load_labels(o.test_labels, nte, o.test_features, &Kte);
+    int D = (int)xtr->shape[1];
     int K = Ktr + 1;
     if (Kte >= K)
         emoe_tool_die("%s: test label %d, but the training labels only go up to %d",
-                      o.test_labels, Kte, Ktr);
+                      test_name, Kte, Ktr);
 
     struct emoe_fewshot_options fo;
     emoe_fewshot_options_init(&fo);
@@ -286,7 +335,7 @@ int main(int argc, char **argv)
     int rc = emoe_fewshot_run(&fo, xtr->data, ytr, ntr, xte->data, yte, nte, D, K, acc, &err);
     emoe_progress_end(&pc.bar);
     if (rc != EMOE_OK) {
-        emoe_error_prefix(&err, o.train_labels);
+        emoe_error_prefix(&err, train_name);
         emoe_tool_fail(&err);
     }
 

@@ -2,6 +2,7 @@
 # fewshot.sh: emoe-fewshot on committed feature files (tests/gen_fixtures_viz.py):
 # the table equals the fixture script's own numpy implementation of the protocol
 # (ridge and nearest class mean), and bad inputs give clear errors with status 1.
+# The model form (-m) runs on the tiny models of tests/mk_eval_fixtures.
 . "${EMOE_SRCDIR:-.}/tests/tools/tool-lib.sh"
 [ -x "$TOOLS/emoe-fewshot" ] || skip_all "emoe-fewshot is not built"
 F=$FIXTURES
@@ -58,9 +59,40 @@ run emoe-fewshot --train-features "$F/viz_lab_train.npy" --train-labels "$F/viz_
 check "labels as features: exits 1" status_is 1
 check "labels as features: says the shape" stderr_has "features have shape (60,), not \[samples, features\]"
 
+# the model form (-m) on tiny models and datasets from tests/mk_eval_fixtures: the
+# same table as the feature files emoe-eval --features-out writes
+MK=$TOOLS/../tests/mk_eval_fixtures
+if [ -x "$MK" ] && [ -x "$TOOLS/emoe-eval" ]; then
+    X=$T/fx
+    mkdir -p "$X" && "$MK" "$X" || not_ok "mk_eval_fixtures writes the fixtures"
+    M=$X/moe.safetensors
+    run emoe-fewshot -m "$M" --train "$X/train.npz" --test "$X/test.npz" -s 1,5,10 -v
+    check "-m: exits 0" status_is 0
+    check "-m: header and three rows" test "$(wc -l <"$T/out")" -eq 4
+    cp "$T/out" "$T/model-table"
+    "$TOOLS/emoe-eval" -q -m "$M" --features-out "$T/trf.npy" "$X/train.npz" >/dev/null
+    "$TOOLS/emoe-eval" -q -m "$M" --features-out "$T/tef.npy" "$X/test.npz" >/dev/null
+    run emoe-fewshot --train-features "$T/trf.npy" --train-labels "$X/train-labels.npy" \
+        --test-features "$T/tef.npy" --test-labels "$X/test-labels.npy" -s 1,5,10 -v
+    check "-m: the same table as emoe-eval's feature files" cmp -s "$T/out" "$T/model-table"
+    run_stdin "$X/test.npz" emoe-fewshot -m "$M" --train "$X/train.npz" --test - -s 1,5,10 -v
+    check "-m with --test -: the same table" cmp -s "$T/out" "$T/model-table"
+
+    run emoe-fewshot -m "$M" --train "$X/train.npz" --test "$X/big.npz"
+    check "-m, images of another size: exits 1" status_is 1
+    check "-m, images of another size: says so" stderr_has "big.npz: images are (16, 16), the model takes (8, 8)"
+    run emoe-fewshot -m "$M" --train "$X/reg.npz" --test "$X/test.npz"
+    check "-m, regression targets: exits 1" status_is 1
+    check "-m, regression targets: says so" stderr_has "reg.npz: labels are f32"
+    run emoe-fewshot -m "$M" --train "$X/train.npz" --test "$X/test.npz" -s 11
+    check "-m, too many shots: exits 1" status_is 1
+    check "-m, too many shots: names the training set" stderr_has "train.npz: "
+fi
 run emoe-fewshot -m "$T/model.safetensors" --train "$T/a.npz" --test "$T/b.npz"
-check "-m (no model support yet): exits 1" status_is 1
-check "-m: says it is not available" stderr_has "not available in this build yet"
+check "-m, unreadable model: exits 1" status_is 1
+check "-m, unreadable model: names it" stderr_has "^emoe-fewshot: .*model.safetensors: "
+run emoe-fewshot -m - --train "$T/a.npz" --test "$T/b.npz"
+check "-m -: exits 2" status_is 2
 
 # usage errors: status 2
 run emoe-fewshot --train-features "$F/viz_feat_train.npy"
