@@ -1245,6 +1245,201 @@ int emoe_png_write_stream(FILE *f, const char *name,
                           const unsigned char *pixels, /* [h, w, channels] */
                           int width, int height, int channels, struct emoe_error *err);
 
+/* ---------------------------------------------------------------- training */
+/* @train */
+struct emoe_dataset;
+/*
+ * The training loop of emoe-train (lib/train.c): AdamW with a learning-rate
+ * schedule, gradient clipping, augmentation of u8 images, validation after every
+ * epoch, atomic checkpoints (emoe_checkpoint_save, with the caller's metadata and
+ * "train.step") and the training state next to them (emoe_train_state_save).
+ * Epoch e visits the training samples in the order emoe_rng_shuffle(seed', N) with
+ * stream e; batches take the next `batch` samples (the last of an epoch may be
+ * smaller); augmentation draws from (seed, step).  The state holds the step, the
+ * epoch and the position in it, so a run resumed from a checkpoint ends with the
+ * same bytes as one that was not interrupted (same options, same thread count).
+ * The state file is what emoe_train_state_save writes plus the trainable weights
+ * ("param.<name>"); it is written before the model, and resuming takes the weights
+ * from it, so a run killed between the two files still resumes exactly.
+ * Exception: the softmax router's training noise restarts its generator on resume.
+ */
+enum emoe_train_event_kind {
+    EMOE_TRAIN_STEP = 0,    /* every log_every steps: loss, accuracy, routing */
+    EMOE_TRAIN_EVAL = 1,    /* after every epoch (and at the end): validation */
+    EMOE_TRAIN_SAVE = 2,    /* a checkpoint was written (path) */
+    EMOE_TRAIN_PROGRESS = 3, /* after every step: step, epoch_frac, loss, task_loss,
+                                accuracy, images_per_s of that step (progress bars) */
+};
+/* Routing statistics of one MoE layer (METHOD.md section 5) over the logged steps,
+ * or over the validation set, and its weighted auxiliary loss of the last forward. */
+struct emoe_train_layer {
+    int block;
+    struct emoe_routing_summary routing;
+    double aux_loss;
+};
+struct emoe_train_metrics {
+    int64_t images;
+    double loss;            /* task loss (cross-entropy without smoothing, or L1) */
+    double top1, top5;      /* classification, 0..1 */
+    double mae;             /* regression */
+};
+struct emoe_train_event {
+    enum emoe_train_event_kind kind;
+    int64_t step, total_steps;      /* optimizer steps done, planned */
+    int epoch;                      /* STEP: current epoch; EVAL: epochs done */
+    double epoch_frac;              /* STEP: epochs done, fractional */
+    /* STEP (means over the steps since the last STEP event) */
+    double lr, loss, task_loss, aux_loss, grad_norm, accuracy, images_per_s;
+    /* EVAL */
+    struct emoe_train_metrics val;
+    int is_best;                    /* the best so far (saved to best_path) */
+    int nlayers;                    /* STEP and EVAL with MoE layers */
+    const struct emoe_train_layer *layers;
+    const char *path;               /* SAVE */
+};
+struct emoe_train_options {
+    int epochs;                     /* 10 (used when max_steps is 0) */
+    int64_t max_steps;              /* > 0: stop after this many steps */
+    int batch;                      /* 128 */
+    double lr, min_lr;              /* 5e-4, 0 */
+    double weight_decay;            /* 0.05 */
+    int64_t warmup;                 /* steps of linear warmup, 0 */
+    enum emoe_lr_kind schedule;     /* EMOE_LR_COSINE */
+    double clip;                    /* max gradient norm, 1; 0 = off */
+    float label_smoothing;          /* 0 */
+    uint64_t seed;                  /* data order and augmentation, 0 */
+    struct emoe_augment augment;    /* all off */
+    int eigen_init_batches;         /* > 0: Q from the covariance of this many batches */
+    int log_every;                  /* STEP events every N steps, 50; 0 = none */
+    int64_t save_every;             /* > 0: checkpoint every N steps (and at the end) */
+    const char *out_path;           /* MODEL.safetensors */
+    const char *state_path;         /* its training state (MODEL.safetensors.state) */
+    const char *best_path;          /* or NULL: best-on-validation checkpoint */
+    int resume;                     /* continue from state_path (weights already loaded) */
+    int resume_best_set;            /* the best score so far (top-1, or -MAE) is known
+                                       (best_path's metadata "train.best_score") */
+    double resume_best;
+    const char *train_name, *val_name; /* names for messages */
+    const struct emoe_kv *meta;     /* checkpoint metadata (moe.*, data.classes, ...) */
+    size_t nmeta;
+    /* Called between steps; nonzero stops the run: a checkpoint is saved and the run
+     * returns EMOE_EINTR (for a signal handler's flag).  May be NULL. */
+    int (*should_stop)(void *ctx);
+    void (*log)(void *ctx, const struct emoe_train_event *ev); /* may be NULL */
+    void *ctx;
+};
+void emoe_train_options_init(struct emoe_train_options *o);
+/* EMOE_EINVAL / EMOE_EFORMAT when the dataset does not fit the model: rank and dtype
+ * of images, size, channels, label dtype, classes and label range.  name (may be
+ * NULL) starts the message. */
+int emoe_train_check_data(struct emoe_model *m, const struct emoe_dataset *d, const char *name,
+                          struct emoe_error *err);
+/* Evaluate on a dataset in batches (routing counts accumulate in moe). */
+int emoe_train_evaluate(struct emoe_model *m, struct emoe_moe *moe,
+                        const struct emoe_dataset *d, int batch,
+                        struct emoe_train_metrics *out, struct emoe_error *err);
+/*
+ * Train m (moe may be NULL) on train, validating on val (may be NULL).  Saves to
+ * out_path and state_path at the end, every save_every steps and when stopped.
+ * EMOE_ENUMERIC ("step 12: the task loss is not finite ...") stops without saving:
+ * the last checkpoint written stays as it was.  EMOE_EINTR after a requested stop.
+ */
+int emoe_train_run(struct emoe_model *m, struct emoe_moe *moe, const struct emoe_dataset *train,
+                   const struct emoe_dataset *val, const struct emoe_train_options *o,
+                   struct emoe_error *err);
+
+/* -------------------------------------------------------------- evaluation */
+/* @eval */
+struct emoe_dataset;
+/*
+ * Evaluation (lib/eval.c, emoe-eval): a model built from its checkpoint, run over a
+ * dataset in evaluation mode (no retraction, no router noise, no augmentation),
+ * with the metrics of emoe-eval(1) and the routing statistics of METHOD.md
+ * section 5 accumulated over the whole dataset.
+ *
+ * Basic outline:
+ *   1) emoe_model_load(path, &m, &moe, err); emoe_dataset_read(data, &d, err)
+ *   2) emoe_eval_options_init(&o), set fields; emoe_evaluate(m, moe, d, &o, &r, err)
+ *   3) read r; emoe_eval_result_free(&r); emoe_moe_free(moe); emoe_model_free(m)
+ */
+/* Build the model a checkpoint (.safetensors) describes: the backbone from its model.*
+ * and data.* metadata (emoe_checkpoint_read_config), the MoE branches from its moe.*
+ * metadata or tensor names (emoe_moe_config_from_checkpoint), then every weight from
+ * the file (a missing one is EMOE_ENOTFOUND).  *moe is NULL for a plain ViT (router
+ * 'none').  Free *moe before *model. */
+int emoe_model_load(const char *path, struct emoe_model **model, struct emoe_moe **moe,
+                    struct emoe_error *err);
+/* EMOE_EINVAL when the dataset does not fit the model: images u8 or f32 of rank
+ * image_ndim + 2 with the model's size and channels; classify: integer labels in
+ * [0, num_classes) and, when the dataset names its classes, num_classes of them;
+ * regress: f32 targets.  Also EMOE_EINVAL for an empty dataset.  name (may be NULL)
+ * starts the message. */
+int emoe_eval_check_data(const struct emoe_model *m, const struct emoe_dataset *d,
+                         const char *name, struct emoe_error *err);
+
+struct emoe_eval_options {
+    int batch;              /* images per forward (default 64) */
+    int keep_logits;        /* fill emoe_eval_result.logits */
+    int keep_features;      /* fill emoe_eval_result.features */
+    int keep_predictions;   /* fill emoe_eval_result.pred and score */
+    int keep_confusion;     /* fill emoe_eval_result.confusion (K * K counts) */
+    const char *name;       /* the dataset's name for messages (may be NULL) */
+    /* Called after each batch with images done and the total; may be NULL. */
+    void (*progress)(void *ctx, size_t done, size_t total);
+    void *ctx;
+};
+void emoe_eval_options_init(struct emoe_eval_options *o);
+
+/* Routing statistics of one MoE layer over the whole dataset. */
+struct emoe_eval_layer {
+    int block;              /* the block the branch follows */
+    struct emoe_routing_summary routing;
+};
+/*
+ * Results.  Classification: loss is the mean cross-entropy (no label smoothing),
+ * top-1 uses the first maximum (as emoe_cross_entropy), top-5 counts a label whose
+ * rank (logits greater than its own, plus equal ones at lower indices) is below 5.
+ * Regression (one output, compared with the target as it is): loss = MAE, RMSE, and
+ * R^2 = 1 - SS_res / SS_tot (NaN when the targets are all equal).
+ */
+struct emoe_eval_result {
+    enum emoe_task task;
+    size_t count;           /* N images */
+    int nclasses;           /* K outputs of the head (1 for regression) */
+    double loss;
+    double top1, top5;      /* classify: fractions 0..1 */
+    int64_t correct1, correct5;
+    int64_t *class_count;   /* classify: [K] images per label */
+    int64_t *class_correct; /* classify: [K] of them predicted right */
+    int64_t *confusion;     /* keep_confusion: [K, K] counts, row = label, column =
+                               prediction */
+    double mae, rmse, r2;   /* regress */
+    int nlayers;            /* MoE layers L (0 without MoE) */
+    struct emoe_eval_layer *layers;   /* [L] */
+    struct emoe_tensor *routing;      /* f32 [L, E, K] top-1 token counts by true class
+                                         (regression: K = 1), or NULL without MoE */
+    struct emoe_tensor *logits;       /* keep_logits: f32 [N, K] */
+    struct emoe_tensor *features;     /* keep_features: f32 [N, D] pre-logits */
+    int32_t *pred;          /* keep_predictions, classify: [N] arg max */
+    float *score;           /* keep_predictions: [N] classify: softmax probability of pred;
+                               regress: the prediction */
+};
+/* Releases the members (not r itself) and zeroes r; accepts a zeroed r. */
+void emoe_eval_result_free(struct emoe_eval_result *r);
+/* Evaluate m (moe may be NULL) on d after emoe_eval_check_data; moe's accumulated
+ * statistics are reset first and hold this evaluation's afterwards.  On failure r is
+ * left zeroed.  EMOE_ENUMERIC when an output is not finite. */
+int emoe_evaluate(struct emoe_model *m, struct emoe_moe *moe, const struct emoe_dataset *d,
+                  const struct emoe_eval_options *o, struct emoe_eval_result *r,
+                  struct emoe_error *err);
+/* Pre-logit features f32 [N, D] of every image of d (batches of `batch`, <= 0: 64) and,
+ * when labels is not NULL, the class labels as a malloc'd int32 [N] (a classification
+ * dataset; EMOE_EINVAL for regression targets).  The images must fit the model
+ * (emoe_eval_check_data's image checks; labels are not checked against the head). */
+int emoe_eval_features(struct emoe_model *m, const struct emoe_dataset *d, int batch,
+                       const char *name, struct emoe_tensor **features, int32_t **labels,
+                       struct emoe_error *err);
+
 /* ------------------------------------------------------ datasets and images */
 /* @data */
 
@@ -1301,6 +1496,14 @@ int emoe_dataset_compute_stats(struct emoe_dataset *d, struct emoe_error *err);
  * mean and std (f32 [C]) when has_stats. */
 int emoe_dataset_write(const char *path, const struct emoe_dataset *d,
                        struct emoe_error *err);
+/* Read a dataset .npz (lib/dataset_read.c; "-" reads stdin once): `images` u8 or f32
+ * [N, H, W, C] or [N, D, H, W, C] with 1 to 4 channels (large stored members are
+ * memory-mapped, read-only), `labels` int32/int64 [N] (kept as i64; each in
+ * [0, nclasses) when `classes` is given, else in [0, 2^31 - 1)) or float32 [N]
+ * (finite regression targets), optional `classes` ('|S<n>'), optional `mean` and
+ * `std` (both or neither, float32 [C]).  EMOE_EFORMAT / EMOE_ERANGE naming the file and
+ * the member.  Release with emoe_dataset_free(). */
+int emoe_dataset_read(const char *path, struct emoe_dataset **out, struct emoe_error *err);
 
 /*
  * emoe-prep: real datasets from their original archives.
