@@ -340,7 +340,30 @@ int collector_finish(struct collector *c, const struct emoe_prep_options *o,
     float *tgt = NULL;
     struct emoe_dataset *d = NULL;
 
-    /* drop bad items */
+    qsort(c->items, c->nitems, sizeof *c->items, cmp_items);
+
+    /* class names: from the items' names (sorted, unique) or given by the reader.
+     * Taken before corrupt images are dropped, so a class whose images all failed
+     * to decode keeps its label (and the labels after it do not shift). */
+    int named = c->nitems > 0 && c->items[0].cls != NULL;
+    if (named) {
+        classes = malloc(c->nitems * sizeof *classes);
+        if (!classes) {
+            named = 0;
+            rc = emoe_error_set(err, EMOE_ENOMEM, "out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < c->nitems; i++)
+            if (ncls == 0 || strcmp(classes[ncls - 1], c->items[i].cls) != 0) {
+                if (!(classes[ncls] = dupstr(c->items[i].cls))) {
+                    rc = emoe_error_set(err, EMOE_ENOMEM, "out of memory");
+                    goto done;
+                }
+                ncls++;
+            }
+    }
+
+    /* drop bad items (the order of the rest is kept) */
     size_t k = 0;
     for (size_t i = 0; i < c->nitems; i++) {
         if (c->items[i].bad) {
@@ -351,20 +374,7 @@ int collector_finish(struct collector *c, const struct emoe_prep_options *o,
         }
     }
     c->nitems = k;
-    qsort(c->items, c->nitems, sizeof *c->items, cmp_items);
-
-    /* class names: from the items' names (sorted, unique) or given by the reader */
-    int named = c->nitems > 0 && c->items[0].cls != NULL;
-    if (named) {
-        classes = malloc(c->nitems * sizeof *classes);
-        if (!classes) {
-            rc = emoe_error_set(err, EMOE_ENOMEM, "out of memory");
-            goto done;
-        }
-        for (size_t i = 0; i < c->nitems; i++)
-            if (ncls == 0 || strcmp(classes[ncls - 1], c->items[i].cls) != 0)
-                classes[ncls++] = c->items[i].cls; /* borrowed */
-    } else if (c->names) {
+    if (!named && c->names) {
         classes = c->names;
         ncls = c->nnames;
     }
@@ -554,7 +564,7 @@ int collector_finish(struct collector *c, const struct emoe_prep_options *o,
 done:
     emoe_dataset_free(d);
     if (named)
-        free(classes); /* borrowed strings */
+        prep_free_strings(classes, ncls); /* our copies */
     prep_free_strings(want, nwant);
     free(lab);
     free(sel);

@@ -485,6 +485,12 @@ static int step(struct feeder *f, struct emoe_error *err)
         if (m->rc == EMOE_OK) {
             rc = collector_add(&f->col, NULL, m->key, 0, 0, m->slot, NULL, err);
         } else if (m->rc == EMOE_EFORMAT && !f->o->strict) {
+            /* kept as a dropped item: its folder still names a class, so the labels
+             * of the other classes do not depend on which images decoded */
+            struct prep_item *it = NULL;
+            rc = collector_add(&f->col, NULL, m->key, 0, 0, m->slot, &it, err);
+            if (it)
+                it->bad = 1;
             f->skipped++;
             if (f->o->warn)
                 f->o->warn(f->o->ctx, m->err.msg);

@@ -826,6 +826,38 @@ START_TEST(test_imagefolder_corrupt_jpeg)
 }
 END_TEST
 
+/* A class whose every image is corrupt keeps its name and label: the labels of the
+ * other classes must not shift. */
+START_TEST(test_imagefolder_class_all_corrupt_keeps_labels)
+{
+    struct jset s;
+    make_jset(&s, "", 24, 24);
+    for (size_t i = 0; i < s.n; i++)
+        if (strncmp(s.names[i], "ant/", 4) == 0)
+            s.b[i].size = 30;
+    const char *p = tu_tmppath("allbad.tar");
+    write_archive(p, "tar", s.b, s.n);
+    struct emoe_prep_options o;
+    emoe_prep_options_init(&o);
+    o.size = 24;
+    int warned = 0;
+    o.warn = quiet_warn;
+    o.ctx = &warned;
+    struct emoe_prep_result res;
+    struct emoe_dataset *d = prep1(p, &o, &res);
+    ck_assert_uint_eq(res.skipped, PER);
+    ck_assert_uint_eq(d->nclasses, NCLS);
+    ck_assert_str_eq(d->classes[0], "ant");
+    ck_assert_int_eq(d->images->shape[0], (NCLS - 1) * PER);
+    const int64_t *lab = d->labels->data;
+    for (int64_t i = 0; i < d->labels->shape[0]; i++)
+        ck_assert_int_ge(lab[i], 1); /* nothing is labelled 'ant', the rest keep 1.. */
+    ck_assert_int_eq(lab[d->labels->shape[0] - 1], NCLS - 1);
+    emoe_dataset_free(d);
+    free_jset(&s);
+}
+END_TEST
+
 START_TEST(test_imagefolder_bad_archives)
 {
     struct jset s;
@@ -1361,6 +1393,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_tinyimagenet);
     tcase_add_test(tc, test_imagenet_val_label_file);
     tcase_add_test(tc, test_imagefolder_corrupt_jpeg);
+    tcase_add_test(tc, test_imagefolder_class_all_corrupt_keeps_labels);
     tcase_add_test(tc, test_imagefolder_bad_archives);
     tcase_add_test(tc, test_selection);
     tcase_add_test(tc, test_nifti_types_and_targets);

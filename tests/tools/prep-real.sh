@@ -78,6 +78,8 @@ if [ -f "$IN" ]; then
         stderr_has "^emoe-prep: $T/in-bad.tar: member 'n01440764/n01440764_tench.JPEG': corrupt JPEG"
     check "imagenet with a corrupt photo: 199 images, 1 skipped" stderr_has "199 images (imagefolder 32x32x3, .*), 1 skipped"
     check "imagenet with a corrupt photo: 199 images written" shape_is "$T/in-bad.npz" images "u8 [199,32,32,3]"
+    # the tench class lost its only photo, but keeps its name and label 0
+    check "imagenet with a corrupt photo: still 200 classes" stderr_has "199 images (imagefolder 32x32x3, 200 classes), 1 skipped"
     run emoe-prep --strict -o "$T/in-strict.npz" --size 32 "$T/in-bad.tar"
     check "imagenet with a corrupt photo --strict: exit 1, no file" status_is 1
     check "imagenet --strict: no output" no_file "$T/in-strict.npz"
