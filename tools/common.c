@@ -160,9 +160,16 @@ void emoe_progress_update(struct emoe_progress *p, uint64_t done, const char *ex
     if (!p->enabled)
         return;
     double t = emoe_tool_now();
-    if (t - p->last < 0.1 && done < p->total)
+    if (t - p->last < 0.1 && (p->total == 0 || done < p->total))
         return;
     p->last = t;
+    if (p->total == 0) { /* unknown total: no bar; the caller's text or the count */
+        if (extra)
+            fprintf(stderr, "\r%s %s\033[K", p->label, extra);
+        else
+            fprintf(stderr, "\r%s %llu\033[K", p->label, (unsigned long long)done);
+        return;
+    }
     double frac = p->total ? (double)done / (double)p->total : 0;
     if (frac > 1)
         frac = 1;
