@@ -449,7 +449,8 @@ int emoe_prep_read(const char *const *sources, size_t nsources,
         rc = prep_read_synthetic(o, out, err);
         break;
     default:
-        return emoe_error_set(err, EMOE_EUNSUPPORTED, "%s%sformat '%s' is not implemented yet",
+        /* every enum value is handled above; this guards a corrupted options struct */
+        return emoe_error_set(err, EMOE_EINVAL, "%s%sunknown format '%s'",
                               nsources ? sources[0] : "", nsources ? ": " : "",
                               emoe_prep_format_name(fmt));
     }
