@@ -7,6 +7,8 @@
 
 #include "internal.h"
 
+#include <zlib.h>
+
 struct archive;
 
 /*
@@ -78,6 +80,10 @@ int prep_read_file(const char *path, size_t max, unsigned char **data, size_t *s
 int prep_split_lines(const char *text, size_t n, char ***lines, size_t *nlines,
                      struct emoe_error *err);
 void prep_free_strings(char **s, size_t n);
+/* Read exactly n bytes from g (gzip or plain); EMOE_EFORMAT "PATH: truncated WHAT (k of n
+ * bytes)" on a short read, EMOE_EIO on a read error. */
+int prep_gz_read(gzFile g, const char *path, void *buf, size_t n, const char *what,
+                 struct emoe_error *err);
 const char *prep_basename(const char *path);
 int prep_has_suffix(const char *s, const char *suffix); /* case-insensitive */
 

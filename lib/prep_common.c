@@ -59,6 +59,28 @@ int prep_has_suffix(const char *s, const char *suffix)
     return n >= m && strcasecmp(s + n - m, suffix) == 0;
 }
 
+/* Read exactly n bytes of a gzip (or plain) stream; a short read is "truncated WHAT". */
+int prep_gz_read(gzFile g, const char *path, void *buf, size_t n, const char *what,
+                   struct emoe_error *err)
+{
+    size_t done = 0;
+    while (done < n) {
+        unsigned chunk = n - done > (1u << 30) ? 1u << 30 : (unsigned)(n - done);
+        int r = gzread(g, (char *)buf + done, chunk);
+        if (r < 0) {
+            int e;
+            const char *m = gzerror(g, &e);
+            return emoe_error_set(err, e == Z_ERRNO ? EMOE_EIO : EMOE_EFORMAT, "%s: %s", path,
+                                  e == Z_ERRNO ? strerror(errno) : m);
+        }
+        if (r == 0)
+            return emoe_error_set(err, EMOE_EFORMAT, "%s: truncated %s (%zu of %zu bytes)", path,
+                                  what, done, n);
+        done += (size_t)r;
+    }
+    return EMOE_OK;
+}
+
 void prep_free_strings(char **s, size_t n)
 {
     if (!s)

@@ -13,27 +13,6 @@
 
 #define MAX_SIDE 16384
 
-static int gz_read(gzFile g, const char *path, void *buf, size_t n, const char *what,
-                   struct emoe_error *err)
-{
-    size_t done = 0;
-    while (done < n) {
-        unsigned chunk = n - done > (1u << 30) ? 1u << 30 : (unsigned)(n - done);
-        int r = gzread(g, (char *)buf + done, chunk);
-        if (r < 0) {
-            int e;
-            const char *m = gzerror(g, &e);
-            return emoe_error_set(err, e == Z_ERRNO ? EMOE_EIO : EMOE_EFORMAT, "%s: %s", path,
-                                  e == Z_ERRNO ? strerror(errno) : m);
-        }
-        if (r == 0)
-            return emoe_error_set(err, EMOE_EFORMAT, "%s: truncated %s (%zu of %zu bytes)", path,
-                                  what, done, n);
-        done += (size_t)r;
-    }
-    return EMOE_OK;
-}
-
 static uint32_t be32(const unsigned char *p)
 {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
@@ -49,7 +28,7 @@ static int idx_open(const char *path, int want_rank, uint32_t *dims, gzFile *out
         return emoe_error_set(err, errno == ENOENT ? EMOE_ENOTFOUND : EMOE_EIO, "%s: %s", path,
                               errno ? strerror(errno) : "cannot open");
     unsigned char h[16];
-    int rc = gz_read(g, path, h, 4, "idx header", err);
+    int rc = prep_gz_read(g, path, h, 4, "idx header", err);
     if (rc != EMOE_OK)
         goto fail;
     if (h[0] != 0 || h[1] != 0 || h[2] != 8 || h[3] != want_rank) {
@@ -58,7 +37,7 @@ static int idx_open(const char *path, int want_rank, uint32_t *dims, gzFile *out
                             want_rank, h[0], h[1], h[2], h[3]);
         goto fail;
     }
-    rc = gz_read(g, path, h + 4, 4 * (size_t)want_rank, "idx header", err);
+    rc = prep_gz_read(g, path, h + 4, 4 * (size_t)want_rank, "idx header", err);
     if (rc != EMOE_OK)
         goto fail;
     for (int i = 0; i < want_rank; i++)
@@ -186,7 +165,7 @@ int prep_read_mnist(const char *const *src, size_t n, const struct emoe_prep_opt
         rc = emoe_error_set(err, EMOE_ENOMEM, "out of memory");
         goto done;
     }
-    rc = gz_read(gl, labp, labels, ln, "labels", err);
+    rc = prep_gz_read(gl, labp, labels, ln, "labels", err);
     if (rc != EMOE_OK)
         goto done;
     size_t first;
@@ -196,7 +175,7 @@ int prep_read_mnist(const char *const *src, size_t n, const struct emoe_prep_opt
     int direct = side == w && side == h && cout == 1;
     for (uint32_t i = 0; i < d[0]; i++) {
         unsigned char *dst = collector_slot(&c, first + i);
-        rc = gz_read(gi, imgp, direct ? dst : tmp, (size_t)w * h, "images", err);
+        rc = prep_gz_read(gi, imgp, direct ? dst : tmp, (size_t)w * h, "images", err);
         if (rc != EMOE_OK)
             goto done;
         if (!direct) {

@@ -78,31 +78,11 @@ static double getf64(const unsigned char *p, int swap)
     return d;
 }
 
-static int gz_exact(gzFile g, const char *path, void *buf, size_t n, const char *what,
-                    struct emoe_error *err)
-{
-    size_t done = 0;
-    while (done < n) {
-        unsigned chunk = n - done > (1u << 30) ? 1u << 30 : (unsigned)(n - done);
-        int r = gzread(g, (char *)buf + done, chunk);
-        if (r < 0) {
-            int e;
-            const char *m = gzerror(g, &e);
-            return emoe_error_set(err, EMOE_EFORMAT, "%s: %s", path, m);
-        }
-        if (r == 0)
-            return emoe_error_set(err, EMOE_EFORMAT, "%s: truncated %s (%zu of %zu bytes)", path,
-                                  what, done, n);
-        done += (size_t)r;
-    }
-    return EMOE_OK;
-}
-
 static int parse_header(gzFile g, const char *path, struct vol_header *h, size_t *consumed,
                         struct emoe_error *err)
 {
     unsigned char b[540];
-    int rc = gz_exact(g, path, b, 348, "NIfTI header", err);
+    int rc = prep_gz_read(g, path, b, 348, "NIfTI header", err);
     if (rc != EMOE_OK)
         return rc;
     int32_t sz = get32(b, 0);
@@ -134,7 +114,7 @@ static int parse_header(gzFile g, const char *path, struct vol_header *h, size_t
         h->inter = getf32(b + 116, swap);
         *consumed = 348;
     } else {
-        rc = gz_exact(g, path, b + 348, 540 - 348, "NIfTI-2 header", err);
+        rc = prep_gz_read(g, path, b + 348, 540 - 348, "NIfTI-2 header", err);
         if (rc != EMOE_OK)
             return rc;
         if (memcmp(b + 4, "n+2\0\r\n\032\n", 8) != 0)
@@ -214,7 +194,7 @@ static int read_volume(const char *path, float **out, int64_t *dims, struct emoe
     for (size_t skip = (size_t)h.vox_offset - used; skip > 0;) {
         unsigned char tmp[4096];
         size_t k = skip < sizeof tmp ? skip : sizeof tmp;
-        rc = gz_exact(g, path, tmp, k, "header extension", err);
+        rc = prep_gz_read(g, path, tmp, k, "header extension", err);
         if (rc != EMOE_OK)
             goto done;
         skip -= k;
@@ -225,7 +205,7 @@ static int read_volume(const char *path, float **out, int64_t *dims, struct emoe
         rc = emoe_error_set(err, EMOE_ENOMEM, "%s: out of memory", path);
         goto done;
     }
-    rc = gz_exact(g, path, raw, nbytes, "voxel data", err);
+    rc = prep_gz_read(g, path, raw, nbytes, "voxel data", err);
     if (rc != EMOE_OK)
         goto done;
     int sw = h.swap;
