@@ -9,6 +9,7 @@
  */
 #include "config.h"
 #include "common.h"
+#include "sgemm_rate.h"
 
 #include <cblas.h>
 #include <stdio.h>
@@ -25,23 +26,6 @@ static float *buf(size_t n)
     for (size_t i = 0; i < n; i++)
         p[i] = (float)((i * 2654435761u) % 1000) * 0.002f - 1.0f;
     return p;
-}
-
-static double sgemm_gflops(int n)
-{
-    float *a = buf((size_t)n * n), *b = buf((size_t)n * n), *c = buf((size_t)n * n);
-    double best = 1e30;
-    for (int r = 0; r <= repeat; r++) {
-        double t = emoe_tool_now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-        t = emoe_tool_now() - t;
-        if (r > 0 && t < best)
-            best = t;
-    }
-    emoe_free_aligned(a);
-    emoe_free_aligned(b);
-    emoe_free_aligned(c);
-    return 2.0 * n * n * (double)n / best / 1e9;
 }
 
 /* One layer: fwd() and bwd() closures over a context. */
@@ -195,7 +179,7 @@ int main(int argc, char **argv)
     int T = 1 + (img / P) * (img / P), N = B * T, F = 4 * D;
     printf("bench_layers: B %d, T %d, D %d, H %d, MLP %d, %d threads, OpenBLAS %s, best of %d\n",
            B, T, D, H, F, threads, emoe_blas_corename(), repeat);
-    printf("  cblas_sgemm 2048x2048: %.1f GFLOP/s\n", sgemm_gflops(2048));
+    printf("  cblas_sgemm 2048x2048: %.1f GFLOP/s\n", bench_sgemm_gflops(2048, repeat));
 
     /* one set of buffers big enough for every layer */
     size_t big = (size_t)N * 3 * D;

@@ -16,39 +16,13 @@
  */
 #include "config.h"
 #include "common.h"
+#include "sgemm_rate.h"
 
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-
-static double sgemm_gflops(int n, int repeat)
-{
-    size_t nn = (size_t)n * n;
-    float *a = emoe_alloc_aligned(nn * 4), *b = emoe_alloc_aligned(nn * 4),
-          *c = emoe_alloc_aligned(nn * 4);
-    if (!a || !b || !c)
-        emoe_tool_die("out of memory");
-    for (size_t i = 0; i < nn; i++) {
-        a[i] = (float)(i % 7) * 0.1f;
-        b[i] = (float)(i % 5) * 0.1f;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-    double best = 0;
-    for (int r = 0; r < repeat; r++) {
-        double t = emoe_tool_now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-        t = emoe_tool_now() - t;
-        double g = 2.0 * n * n * (double)n / t / 1e9;
-        if (g > best)
-            best = g;
-    }
-    emoe_free_aligned(a);
-    emoe_free_aligned(b);
-    emoe_free_aligned(c);
-    return best;
-}
 
 static void check(int rc, const struct emoe_error *err)
 {
@@ -136,7 +110,7 @@ int main(int argc, char **argv)
     double flops = emoe_vit_flops(&cfg) + moe_flops;
     /* sgemm before and after the model runs: on a shared machine the mean of the two is
      * a fairer reference than either */
-    double sg0 = sgemm_gflops(2048, 3);
+    double sg0 = bench_sgemm_gflops(2048, 3);
 
     /* training: forward, loss, backward, clip, AdamW (one warm-up step) */
     check(emoe_model_reserve(m, B, 1, &err), &err);
@@ -184,7 +158,7 @@ int main(int argc, char **argv)
     double inf_ips = (double)steps * EB / t_inf;
     double inf_gf = inf_ips * flops / 1e9;
 
-    double sg1 = sgemm_gflops(2048, 3), sg = 0.5 * (sg0 + sg1);
+    double sg1 = bench_sgemm_gflops(2048, 3), sg = 0.5 * (sg0 + sg1);
     printf("bench_vit: %s (D %d, depth %d, heads %d, patch %d, %dx%dx%d, %d classes), -j %d, "
            "BLAS %s\n",
            preset, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.patch_size, cfg.image_size[0],

@@ -1,0 +1,35 @@
+/*
+ * sgemm_rate.c: cblas_sgemm GFLOP/s, the reference of every benchmark (see sgemm_rate.h).
+ */
+#include "config.h"
+#include "sgemm_rate.h"
+#include "common.h"
+
+#include <cblas.h>
+
+double bench_sgemm_gflops(int n, int repeat)
+{
+    size_t nn = (size_t)n * (size_t)n;
+    float *a = emoe_alloc_aligned(nn * 4), *b = emoe_alloc_aligned(nn * 4),
+          *c = emoe_alloc_aligned(nn * 4);
+    if (!a || !b || !c)
+        emoe_tool_die("out of memory");
+    for (size_t i = 0; i < nn; i++) {
+        a[i] = (float)(i % 7) * 0.1f;
+        b[i] = (float)(i % 5) * 0.1f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+    double best = 0;
+    for (int r = 0; r < repeat; r++) {
+        double t = emoe_tool_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+        t = emoe_tool_now() - t;
+        double g = 2.0 * n * n * (double)n / t / 1e9;
+        if (g > best)
+            best = g;
+    }
+    emoe_free_aligned(a);
+    emoe_free_aligned(b);
+    emoe_free_aligned(c);
+    return best;
+}
