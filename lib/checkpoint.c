@@ -7,7 +7,8 @@
  * "vit.blocks.0.norm1.weight") and Google's ViT .npz checkpoints (the
  * Transformer/encoderblock_N/... layout of google-research/vision_transformer,
  * converted as timm's _load_weights does).  A position embedding whose grid
- * differs from the model's is resampled bilinearly (class position kept).  Loading
+ * differs from the model's is resampled bilinearly, or trilinearly for a volume
+ * model (class position kept).  Loading
  * is all or nothing: weights are staged in a copy of the arena and committed only
  * when every tensor was read and checked.
  *
@@ -575,6 +576,12 @@ static int isqrt_exact(int64_t n)
     return r * r == n ? (int)r : -1;
 }
 
+static int icbrt_exact(int64_t n)
+{
+    int64_t r = (int64_t)llround(cbrt((double)n));
+    return r * r * r == n ? (int)r : -1;
+}
+
 /* Copy t into dst (spec's shape), resampling a position embedding when needed. */
 static int place(struct source *s, struct emoe_model *m, const struct emoe_param_spec *spec,
                  const struct emoe_tensor *t, float *dst, struct emoe_error *err)
@@ -598,6 +605,15 @@ static int place(struct source *s, struct emoe_model *m, const struct emoe_param
         if (gi > 0)
             return emoe_pos_embed_resample(dst, t->data, 1, gi, gi, gh, gw,
                                            (int)spec->shape[2], EMOE_INTERP_BILINEAR, err);
+    }
+    if (strcmp(spec->name, "vit.pos_embed") == 0 && t->ndim == 3 && t->shape[0] == 1 &&
+        t->shape[2] == spec->shape[2] && c->image_ndim == 3) {
+        int gi = icbrt_exact(t->shape[1] - 1);
+        int gd = c->image_size[0] / c->patch_size, gh = c->image_size[1] / c->patch_size;
+        int gw = c->image_size[2] / c->patch_size;
+        if (gi > 0)
+            return emoe_pos_embed_resample3d(dst, t->data, 1, gi, gi, gi, gd, gh, gw,
+                                             (int)spec->shape[2], EMOE_INTERP_BILINEAR, err);
     }
     return emoe_error_set(err, EMOE_EFORMAT, "%s: tensor '%s' has shape %s, the model needs %s",
                           s->path, spec->name, b1, b2);

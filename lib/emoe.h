@@ -648,6 +648,17 @@ int emoe_pos_embed_resample(float *out,       /* [nprefix + Ho*Wo, D] */
                             const float *in,  /* [nprefix + Hi*Wi, D] */
                             int nprefix, int Hi, int Wi, int Ho, int Wo, int D,
                             enum emoe_interp mode, struct emoe_error *err);
+/*
+ * The same for a 3-D patch grid (depth, height, width; a volume model's grid
+ * order): torch.nn.functional.interpolate(mode='trilinear', align_corners=False),
+ * the linear weights of emoe_pos_embed_resample along each axis (edge positions
+ * repeated).  mode must be EMOE_INTERP_BILINEAR (meaning trilinear here; PyTorch
+ * has no cubic or antialiased 3-D mode); anything else is EMOE_EINVAL.
+ */
+int emoe_pos_embed_resample3d(float *out,      /* [nprefix + Do*Ho*Wo, D] */
+                              const float *in, /* [nprefix + Di*Hi*Wi, D] */
+                              int nprefix, int Di, int Hi, int Wi, int Do, int Ho, int Wo,
+                              int D, enum emoe_interp mode, struct emoe_error *err);
 
 /*
  * Losses: mean over the batch.  *loss receives the loss; the gradient scaled for the
@@ -893,8 +904,9 @@ int emoe_checkpoint_read_config(const char *path, struct emoe_vit_config *cfg,
  * Load weights into m from a .safetensors (names as saved, prefixed "model.", or
  * bare timm names taken as "vit.<name>") or a Google ViT .npz (Transformer/
  * encoderblock_N/...; converted as timm's _load_weights does).  F16/BF16/F64 tensors
- * are converted.  A 2-D position embedding whose square grid differs from the model's is
- * resampled (bilinear; class position kept); other shape differences are EMOE_EFORMAT.
+ * are converted.  A position embedding whose grid differs from the model's is resampled,
+ * the class position kept: a square 2-D grid bilinearly, a cubic 3-D grid (volume
+ * models) trilinearly; other shape differences are EMOE_EFORMAT.
  * All or nothing: on failure the model's weights are unchanged.  Names in m that the
  * file lacks are an error (EMOE_ENOTFOUND) unless EMOE_LOAD_ALLOW_MISSING; with it,
  * *missing (may be NULL) gets how many were left alone.  With EMOE_LOAD_SKIP_HEAD the

@@ -20,6 +20,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Below this many elements a loop runs on the calling thread. */
@@ -96,14 +97,28 @@ static void column_sums_add(float *out, const float *src, size_t n, size_t o)
 
 /* ------------------------------------------------------------------ linear */
 
+struct bias_ctx {
+    float *y;
+    const float *b;
+    size_t n, d, rows;
+};
+
+static void bias_fill_item(void *vctx, size_t item)
+{
+    struct bias_ctx *c = vctx;
+    size_t r0 = item * c->rows, r1 = r0 + c->rows < c->n ? r0 + c->rows : c->n;
+    for (size_t i = r0; i < r1; i++)
+        memcpy(c->y + i * c->d, c->b, c->d * sizeof *c->y);
+}
+
 void emoe_linear_forward(float *y, const float *x, const float *w, const float *b, int N,
                          int Din, int Dout)
 {
     if (N <= 0 || Dout <= 0)
         return;
-    if (b) {
-        for (int i = 0; i < N; i++)
-            memcpy(y + (size_t)i * Dout, b, (size_t)Dout * sizeof *y);
+    if (b) { /* y = b in every row, then the product accumulated onto it */
+        struct bias_ctx c = {y, b, (size_t)N, (size_t)Dout, rows_per_chunk((size_t)Dout)};
+        run((c.n + c.rows - 1) / c.rows, c.n * c.d, bias_fill_item, &c);
     }
     if (Din <= 0) {
         if (!b)
@@ -262,15 +277,85 @@ struct gelu_ctx {
     float *out;
     const float *x, *dy;
     size_t n;
+    int avx2; /* use the AVX2 + FMA kernels */
 };
 
 #define INV_SQRT2 0.70710678118654752440f
 #define INV_SQRT_2PI 0.39894228040143267794f
 
+/*
+ * With AVX2 + FMA (checked at run time; EMOE_NN_GENERIC=1 in the environment
+ * forces the portable code, for the tests): 8 floats at once through
+ * nnmath.h's emoe_nn_phi8, gelu(x) = x Phi(x) and gelu'(x) = Phi(x) + x phi(x).
+ * The tail (< 8 elements) goes through the same kernel on a padded copy.
+ */
+#ifdef EMOE_NN_AVX2
+EMOE_NN_AVX2_FN void gelu_forward_avx2(float *y, const float *x, size_t n)
+{
+    size_t i = 0;
+    __m256 e;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(v, emoe_nn_phi8(v, &e)));
+    }
+    if (i < n) {
+        float buf[8] = {0};
+        memcpy(buf, x + i, (n - i) * sizeof *buf);
+        __m256 v = _mm256_loadu_ps(buf);
+        _mm256_storeu_ps(buf, _mm256_mul_ps(v, emoe_nn_phi8(v, &e)));
+        memcpy(y + i, buf, (n - i) * sizeof *buf);
+    }
+}
+
+/* dx += dy gelu'(x) */
+EMOE_NN_AVX2_FN __m256 gelu_grad8(__m256 v)
+{
+    __m256 e;
+    __m256 cdf = emoe_nn_phi8(v, &e);
+    return _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_set1_ps(INV_SQRT_2PI)), e, cdf);
+}
+
+EMOE_NN_AVX2_FN void gelu_backward_avx2(float *dx, const float *dy, const float *x, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = gelu_grad8(_mm256_loadu_ps(x + i));
+        _mm256_storeu_ps(dx + i,
+                         _mm256_fmadd_ps(_mm256_loadu_ps(dy + i), g, _mm256_loadu_ps(dx + i)));
+    }
+    if (i < n) {
+        float bx[8] = {0}, bdy[8] = {0}, bdx[8] = {0};
+        size_t k = n - i;
+        memcpy(bx, x + i, k * sizeof *bx);
+        memcpy(bdy, dy + i, k * sizeof *bdy);
+        memcpy(bdx, dx + i, k * sizeof *bdx);
+        __m256 g = gelu_grad8(_mm256_loadu_ps(bx));
+        _mm256_storeu_ps(bdx, _mm256_fmadd_ps(_mm256_loadu_ps(bdy), g, _mm256_loadu_ps(bdx)));
+        memcpy(dx + i, bdx, k * sizeof *bdx);
+    }
+}
+#endif
+
+static int gelu_use_avx2(void)
+{
+#ifdef EMOE_NN_AVX2
+    const char *g = getenv("EMOE_NN_GENERIC");
+    return emoe_nn_have_avx2() && !(g && *g && strcmp(g, "0") != 0);
+#else
+    return 0;
+#endif
+}
+
 static void gelu_forward_item(void *vctx, size_t item)
 {
     struct gelu_ctx *c = vctx;
     size_t i = item * CHUNK_ELEMS, i1 = i + CHUNK_ELEMS < c->n ? i + CHUNK_ELEMS : c->n;
+#ifdef EMOE_NN_AVX2
+    if (c->avx2) {
+        gelu_forward_avx2(c->out + i, c->x + i, i1 - i);
+        return;
+    }
+#endif
 #ifdef EMOE_NN_VECTOR
     for (; i + 4 <= i1; i += 4) {
         emoe_v4f x = emoe_nn_load(c->x + i);
@@ -302,6 +387,12 @@ static void gelu_backward_item(void *vctx, size_t item)
 {
     struct gelu_ctx *c = vctx;
     size_t i = item * CHUNK_ELEMS, i1 = i + CHUNK_ELEMS < c->n ? i + CHUNK_ELEMS : c->n;
+#ifdef EMOE_NN_AVX2
+    if (c->avx2) {
+        gelu_backward_avx2(c->out + i, c->dy + i, c->x + i, i1 - i);
+        return;
+    }
+#endif
 #ifdef EMOE_NN_VECTOR
     for (; i + 4 <= i1; i += 4) {
         emoe_v4f x = emoe_nn_load(c->x + i);
@@ -327,13 +418,13 @@ static void gelu_backward_item(void *vctx, size_t item)
 
 void emoe_gelu_forward(float *y, const float *x, size_t n)
 {
-    struct gelu_ctx c = {y, x, NULL, n};
+    struct gelu_ctx c = {y, x, NULL, n, gelu_use_avx2()};
     run((n + CHUNK_ELEMS - 1) / CHUNK_ELEMS, n, gelu_forward_item, &c);
 }
 
 void emoe_gelu_backward(float *dx, const float *dy, const float *x, size_t n)
 {
-    struct gelu_ctx c = {dx, x, dy, n};
+    struct gelu_ctx c = {dx, x, dy, n, gelu_use_avx2()};
     run((n + CHUNK_ELEMS - 1) / CHUNK_ELEMS, n, gelu_backward_item, &c);
 }
 
@@ -664,5 +755,53 @@ int emoe_pos_embed_resample(float *out, const float *in, int nprefix, int Hi, in
                 }
             }
         }
+    return EMOE_OK;
+}
+
+int emoe_pos_embed_resample3d(float *out, const float *in, int nprefix, int Di, int Hi, int Wi,
+                              int Do, int Ho, int Wo, int D, enum emoe_interp mode,
+                              struct emoe_error *err)
+{
+    if (nprefix < 0 || Di <= 0 || Hi <= 0 || Wi <= 0 || Do <= 0 || Ho <= 0 || Wo <= 0 || D <= 0)
+        return emoe_error_set(err, EMOE_EINVAL,
+                              "position embedding: bad resample sizes (%d prefix, %dx%dx%d to "
+                              "%dx%dx%d, %d channels)",
+                              nprefix, Di, Hi, Wi, Do, Ho, Wo, D);
+    if (mode != EMOE_INTERP_BILINEAR)
+        return emoe_error_set(err, EMOE_EINVAL,
+                              "position embedding: interpolation %d on a 3-D grid (only "
+                              "linear)",
+                              (int)mode);
+    size_t d = (size_t)D;
+    memcpy(out, in, (size_t)nprefix * d * sizeof *out);
+    const float *src = in + (size_t)nprefix * d;
+    float *dst = out + (size_t)nprefix * d;
+    for (int oz = 0; oz < Do; oz++) {
+        int z0, z1;
+        float lz0, lz1;
+        linear_coeffs(Di, Do, oz, &z0, &z1, &lz0, &lz1);
+        for (int oy = 0; oy < Ho; oy++) {
+            int y0, y1;
+            float ly0, ly1;
+            linear_coeffs(Hi, Ho, oy, &y0, &y1, &ly0, &ly1);
+            for (int ox = 0; ox < Wo; ox++) {
+                int x0, x1;
+                float lx0, lx1;
+                linear_coeffs(Wi, Wo, ox, &x0, &x1, &lx0, &lx1);
+                float *o = dst + (((size_t)oz * Ho + oy) * Wo + ox) * d;
+#define AT(z, y, x) (src + (((size_t)(z) * Hi + (y)) * Wi + (x)) * d)
+                const float *p000 = AT(z0, y0, x0), *p001 = AT(z0, y0, x1);
+                const float *p010 = AT(z0, y1, x0), *p011 = AT(z0, y1, x1);
+                const float *p100 = AT(z1, y0, x0), *p101 = AT(z1, y0, x1);
+                const float *p110 = AT(z1, y1, x0), *p111 = AT(z1, y1, x1);
+#undef AT
+                for (size_t j = 0; j < d; j++)
+                    o[j] = lz0 * (ly0 * (lx0 * p000[j] + lx1 * p001[j]) +
+                                  ly1 * (lx0 * p010[j] + lx1 * p011[j])) +
+                           lz1 * (ly0 * (lx0 * p100[j] + lx1 * p101[j]) +
+                                  ly1 * (lx0 * p110[j] + lx1 * p111[j]));
+            }
+        }
+    }
     return EMOE_OK;
 }

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "internal.h"
 
+#include <cblas.h>
 #include <fnmatch.h>
 #include <limits.h>
 #include <math.h>
@@ -70,7 +71,7 @@ struct emoe_model {
     int scratch;         /* 1 when ba[0] is a scratch set for the other blocks */
     int fwd_from;        /* save_from of the last training forward */
     int B, last_train;   /* of the last forward */
-    float *img, *cols, *patch, **X, *tmpD, *tmp4, *d4, *dD, *dx, *ascr;
+    float *img, *cols, *patch, **X, *tmp4, *d4, *dD, *dx, *ascr;
     float *clsx, *mf, *rf, *feat, *logits, *dlogits, *dfeat, *dcls;
     struct bact *ba; /* depth sets in training, 1 in evaluation */
 };
@@ -643,7 +644,7 @@ int emoe_model_reserve(struct emoe_model *m, int B, int train, struct emoe_error
     size_t nx = train ? (size_t)m->cfg.depth + 1 : 2;
     size_t per_set = bt * D * 5 + bt * 3 * D + bt * M + b * H * T * T + 4 * bt;
     double total = (double)b * in + (double)b * N * m->KP + (double)b * N * D +
-                   (double)nx * bt * D + (double)nsets * per_set + (double)bt * D * 3 +
+                   (double)nx * bt * D + (double)nsets * per_set + (double)bt * D * 2 +
                    (double)bt * M * 2 + (double)b * H * T * T + (double)b * D * 5 +
                    (double)b * 2 + (double)b * K * 2 + 64.0 * 64;
     if (total * sizeof(float) > (double)SIZE_MAX / 2)
@@ -689,7 +690,6 @@ int emoe_model_reserve(struct emoe_model *m, int B, int train, struct emoe_error
         ba[i].r2 = TAKE(bt);
         ba[i].h = TAKE(bt * M);
     }
-    m->tmpD = TAKE(bt * D);
     m->dD = TAKE(bt * D);
     m->dx = TAKE(bt * D);
     m->tmp4 = TAKE(bt * M);
@@ -718,30 +718,72 @@ struct ew_ctx {
 };
 #define EW_CHUNK 32768
 
-static void add_item(void *vctx, size_t i)
+static void zero_item(void *vctx, size_t i)
 {
     struct ew_ctx *c = vctx;
     size_t s = i * EW_CHUNK, e = s + EW_CHUNK < c->n ? s + EW_CHUNK : c->n;
-    for (size_t j = s; j < e; j++)
-        c->out[j] = c->a[j] + c->b[j];
+    memset(c->out + s, 0, (e - s) * sizeof *c->out);
 }
 
-/* out[n] = a[n] + b[n] (out may be a or b) */
-static void vadd(float *out, const float *a, const float *b, size_t n)
+/* p[n] = 0, split over the threads when large */
+static void vzero(float *p, size_t n)
 {
-    struct ew_ctx c = {out, a, b, n};
+    struct ew_ctx c = {p, NULL, NULL, n};
     size_t items = (n + EW_CHUNK - 1) / EW_CHUNK;
-    if (items <= 1) {
-        for (size_t i = 0; i < items; i++)
-            add_item(&c, i);
-    } else {
-        emoe_parallel_for(items, add_item, &c);
+    if (items <= 4)
+        memset(p, 0, n * sizeof *p);
+    else
+        emoe_parallel_for(items, zero_item, &c);
+}
+
+struct rows_ctx {
+    float *out;
+    const float *x, *b;
+    size_t n, d, rows;
+};
+
+static void add_rows_item(void *vctx, size_t item)
+{
+    struct rows_ctx *c = vctx;
+    size_t r0 = item * c->rows, r1 = r0 + c->rows < c->n ? r0 + c->rows : c->n;
+    for (size_t i = r0; i < r1; i++) {
+        const float *x = c->x + i * c->d;
+        float *o = c->out + i * c->d;
+        for (size_t j = 0; j < c->d; j++)
+            o[j] = x[j] + c->b[j];
     }
 }
 
-static void vzero(float *p, size_t n)
+/* out [n,d] = x [n,d] + b [d] in every row (out may be x) */
+static void add_rows(float *out, const float *x, const float *b, size_t n, size_t d)
 {
-    memset(p, 0, n * sizeof *p);
+    struct rows_ctx c = {out, x, b, n, d, EW_CHUNK / (d ? d : 1) ? EW_CHUNK / (d ? d : 1) : 1};
+    size_t items = (n + c.rows - 1) / c.rows;
+    if (items <= 1)
+        add_rows_item(&c, 0);
+    else
+        emoe_parallel_for(items, add_rows_item, &c);
+}
+
+/* y [N,Dout] = x [N,Din] W^T + b + r [N,Dout]: a linear with a residual added, the
+ * residual and bias written first and the product accumulated onto them. */
+static void linear_residual(float *y, const float *x, const float *w, const float *b,
+                            const float *r, int N, int Din, int Dout)
+{
+    add_rows(y, r, b, (size_t)N, (size_t)Dout);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, Dout, Din, 1.0f, x, Din, w, Din,
+                1.0f, y, Dout);
+}
+
+/* dx [N,Din] = dy [N,Dout] W [Dout,Din] (overwritten, not accumulated), then the
+ * weight and bias gradients as emoe_linear_backward. */
+static void linear_backward_set(float *dx, float *dw, float *db, const float *dy,
+                                const float *x, const float *w, int N, int Din, int Dout)
+{
+    if (dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, Din, Dout, 1.0f, dy, Dout, w,
+                    Din, 0.0f, dx, Din);
+    emoe_linear_backward(NULL, dw, db, dy, x, w, N, Din, Dout);
 }
 
 /* ------------------------------------------------------------ forward */
@@ -773,17 +815,14 @@ static void block_forward(struct emoe_model *m, const struct block *bk, struct b
                           const float *x, float *y, int B)
 {
     int T = m->T, D = m->D, H = m->H, M = m->M, BT = B * T;
-    size_t n = (size_t)BT * D;
     emoe_layernorm_forward(a->ln1, a->m1, a->r1, x, bk->n1w->data, bk->n1b->data, BT, D);
     emoe_linear_forward(a->qkv, a->ln1, bk->qkvw->data, bk->qkvb->data, BT, D, 3 * D);
     emoe_attention_forward(a->ao, a->att, a->qkv, B, T, D, H);
-    emoe_linear_forward(m->tmpD, a->ao, bk->projw->data, bk->projb->data, BT, D, D);
-    vadd(a->xmid, x, m->tmpD, n);
+    linear_residual(a->xmid, a->ao, bk->projw->data, bk->projb->data, x, BT, D, D);
     emoe_layernorm_forward(a->ln2, a->m2, a->r2, a->xmid, bk->n2w->data, bk->n2b->data, BT, D);
     emoe_linear_forward(a->h, a->ln2, bk->fc1w->data, bk->fc1b->data, BT, D, M);
     emoe_gelu_forward(m->tmp4, a->h, (size_t)BT * M);
-    emoe_linear_forward(m->tmpD, m->tmp4, bk->fc2w->data, bk->fc2b->data, BT, M, D);
-    vadd(y, a->xmid, m->tmpD, n);
+    linear_residual(y, m->tmp4, bk->fc2w->data, bk->fc2b->data, a->xmid, BT, M, D);
 }
 
 int emoe_model_forward(struct emoe_model *m, const void *input, enum emoe_dtype dtype, int B,
@@ -894,26 +933,21 @@ static void block_backward(struct emoe_model *m, const struct block *bk, const s
     size_t nD = (size_t)BT * D, nM = (size_t)BT * M;
     /* MLP: y = xmid + fc2(gelu(fc1(ln2(xmid)))) */
     emoe_gelu_forward(m->tmp4, a->h, nM);
-    vzero(m->d4, nM);
-    emoe_linear_backward(m->d4, g(bk->fc2w), g(bk->fc2b), dx, m->tmp4, bk->fc2w->data, BT, M,
-                         D);
+    linear_backward_set(m->d4, g(bk->fc2w), g(bk->fc2b), dx, m->tmp4, bk->fc2w->data, BT, M,
+                        D);
     vzero(m->tmp4, nM);
     emoe_gelu_backward(m->tmp4, m->d4, a->h, nM);
-    vzero(m->dD, nD);
-    emoe_linear_backward(m->dD, g(bk->fc1w), g(bk->fc1b), m->tmp4, a->ln2, bk->fc1w->data, BT,
-                         D, M);
+    linear_backward_set(m->dD, g(bk->fc1w), g(bk->fc1b), m->tmp4, a->ln2, bk->fc1w->data, BT,
+                        D, M);
     emoe_layernorm_backward(dx, g(bk->n2w), g(bk->n2b), m->dD, a->xmid, bk->n2w->data, a->m2,
                             a->r2, BT, D);
     /* attention: xmid = x + proj(attn(qkv(ln1(x)))) */
-    vzero(m->dD, nD);
-    emoe_linear_backward(m->dD, g(bk->projw), g(bk->projb), dx, a->ao, bk->projw->data, BT, D,
-                         D);
+    linear_backward_set(m->dD, g(bk->projw), g(bk->projb), dx, a->ao, bk->projw->data, BT, D,
+                        D);
     vzero(m->d4, nD * 3);
     emoe_attention_backward(m->d4, m->ascr, m->dD, a->qkv, a->att, B, T, D, H);
-    if (need_dx)
-        vzero(m->dD, nD);
-    emoe_linear_backward(need_dx ? m->dD : NULL, g(bk->qkvw), g(bk->qkvb), m->d4, a->ln1,
-                         bk->qkvw->data, BT, D, 3 * D);
+    linear_backward_set(need_dx ? m->dD : NULL, g(bk->qkvw), g(bk->qkvb), m->d4, a->ln1,
+                        bk->qkvw->data, BT, D, 3 * D);
     if (need_dx || g(bk->n1w) || g(bk->n1b))
         emoe_layernorm_backward(need_dx ? dx : NULL, g(bk->n1w), g(bk->n1b), m->dD, x,
                                 bk->n1w->data, a->m1, a->r1, BT, D);

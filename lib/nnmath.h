@@ -120,4 +120,97 @@ static inline void emoe_nn_store_tail(float *p, emoe_v4f v, size_t n)
 }
 #endif
 
+/*
+ * AVX2 + FMA versions, 8 floats at once, for x86-64 CPUs that have them (callers
+ * check emoe_nn_have_avx2() at run time; the functions carry target attributes,
+ * so the file needs no special compiler flags).  The same algorithms as above,
+ * with fused multiply-adds, plus the standard normal CDF for GELU:
+ *  - emoe_nn_exp8: as emoe_nn_exp4;
+ *  - emoe_nn_phi8: Phi(x) = (1 + erf(x / sqrt 2)) / 2 computed from erfc(|x| / sqrt 2)
+ *    (the two branches of emoe_nn_erf4), so the lower tail has no cancellation:
+ *    absolute error below 1.1e-7 (measured on [-16, 16], step 1e-5), relative
+ *    error below 1.2e-6 for x >= -3 and 2.3e-5 for x >= -4 (1 + erf with an
+ *    erf accurate to 1.6e-7 has 2.5e-3 there); |x| / sqrt 2 is clamped to 10.
+ *    It also returns exp(-x^2 / 2) (relative error below 1.5e-5 for x^2 / 2 <
+ *    80, from rounding x^2 / 2), which GELU's derivative needs.
+ *    On this machine (Zen 1) GELU through it costs 4.2 ns per element, against
+ *    9.5 ns through emoe_nn_erf4 (forward; backward 4.5 against 13).
+ * check_layers.c checks both against double precision.
+ */
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define EMOE_NN_AVX2 1
+#include <immintrin.h>
+
+#define EMOE_NN_AVX2_FN static inline __attribute__((target("avx2,fma")))
+
+static inline int emoe_nn_have_avx2(void)
+{
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+EMOE_NN_AVX2_FN __m256 emoe_nn_exp8(__m256 x)
+{
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
+    const __m256 shift = _mm256_set1_ps(12582912.0f);
+    __m256 kf = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), shift);
+    kf = _mm256_sub_ps(kf, shift);
+    __m256 r = _mm256_fnmadd_ps(kf, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(kf, _mm256_set1_ps(1.42860682030941723e-6f), r);
+    __m256 p = _mm256_fmadd_ps(r, _mm256_set1_ps(1.0f / 5040.0f), _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i k = _mm256_cvtps_epi32(kf);
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+/* Phi(x), and exp(-x^2 / 2) in *e. */
+EMOE_NN_AVX2_FN __m256 emoe_nn_phi8(__m256 x, __m256 *e)
+{
+    const __m256 signbit = _mm256_set1_ps(-0.0f);
+    __m256 a = _mm256_mul_ps(_mm256_andnot_ps(signbit, x), _mm256_set1_ps(0.70710678118654752f));
+    a = _mm256_min_ps(a, _mm256_set1_ps(10.0f));
+    __m256 z = _mm256_mul_ps(a, a);
+    __m256 ez = emoe_nn_exp8(_mm256_sub_ps(_mm256_setzero_ps(), z));
+    /* a < 1: erfc = 1 - a S(z), S the Taylor series of emoe_nn_erf4 */
+    __m256 s = _mm256_fmadd_ps(z, _mm256_set1_ps(-1.0f / 918086400.0f),
+                               _mm256_set1_ps(1.0f / 76204800.0f));
+    s = _mm256_fmadd_ps(s, z, _mm256_set1_ps(-1.0f / 6894720.0f));
+    s = _mm256_fmadd_ps(s, z, _mm256_set1_ps(1.0f / 685440.0f));
+    s = _mm256_fmadd_ps(s, z, _mm256_set1_ps(-1.0f / 75600.0f));
+    s = _mm256_fmadd_ps(s, z, _mm256_set1_ps(1.0f / 9360.0f));
+    s = _mm256_fmadd_ps(s, z, _mm256_set1_ps(-1.0f / 1320.0f));
+    s = _mm256_fmadd_ps(s, z, _mm256_set1_ps(1.0f / 216.0f));
+    s = _mm256_fmadd_ps(s, z, _mm256_set1_ps(-1.0f / 42.0f));
+    s = _mm256_fmadd_ps(s, z, _mm256_set1_ps(1.0f / 10.0f));
+    s = _mm256_fmadd_ps(s, z, _mm256_set1_ps(-1.0f / 3.0f));
+    s = _mm256_fmadd_ps(s, z, _mm256_set1_ps(1.0f));
+    s = _mm256_mul_ps(s, _mm256_mul_ps(a, _mm256_set1_ps(1.12837916709551257f)));
+    __m256 small = _mm256_sub_ps(_mm256_set1_ps(1.0f), s);
+    /* a >= 1: erfc = t P(t) exp(-a^2), the other branch of emoe_nn_erf4 */
+    __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f),
+                             _mm256_fmadd_ps(a, _mm256_set1_ps(0.3275911f), _mm256_set1_ps(1.0f)));
+    __m256 p = _mm256_fmadd_ps(t, _mm256_set1_ps(-2.965611192e-01f),
+                               _mm256_set1_ps(1.495323828e+00f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-2.065708873e+00f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(2.018042194e+00f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-7.353010518e-01f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(4.265347178e-01f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.576703175e-01f));
+    __m256 large = _mm256_mul_ps(_mm256_mul_ps(p, t), ez);
+    __m256 erfc = _mm256_blendv_ps(large, small,
+                                   _mm256_cmp_ps(a, _mm256_set1_ps(1.0f), _CMP_LT_OQ));
+    __m256 half = _mm256_mul_ps(erfc, _mm256_set1_ps(0.5f));
+    /* x < 0: Phi = erfc / 2, else 1 - erfc / 2 */
+    __m256 upper = _mm256_sub_ps(_mm256_set1_ps(1.0f), half);
+    *e = ez;
+    return _mm256_blendv_ps(upper, half, x); /* blendv picks by the sign bit of x */
+}
+#endif
+
 #endif

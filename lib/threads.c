@@ -117,6 +117,8 @@ void emoe_parallel_for(size_t n, emoe_parallel_fn fn, void *ctx)
         return;
     }
     int want = (size_t)t < n ? t - 1 : (int)n - 1; /* workers besides this thread */
+    /* one BLAS thread before any worker can start an item that calls BLAS */
+    emoe_blas_threads_apply(1);
     pthread_mutex_lock(&P.mu);
     while (P.nworkers < want) {
         pthread_t th;
@@ -137,7 +139,6 @@ void emoe_parallel_for(size_t n, emoe_parallel_fn fn, void *ctx)
     pthread_cond_broadcast(&P.work);
     pthread_mutex_unlock(&P.mu);
 
-    emoe_blas_threads_apply(1);
     in_parallel = 1;
     run_items();
     in_parallel = 0;

@@ -483,6 +483,103 @@ START_TEST(test_nnmath_accuracy)
 }
 END_TEST
 
+#ifdef EMOE_NN_AVX2
+/* Largest errors of emoe_nn_phi8 (absolute; relative for x >= -3) and of its
+ * exp(-x^2/2) (relative, x^2/2 < 80) on [-16, 16], step 1e-4, and of emoe_nn_exp8. */
+__attribute__((target("avx2,fma"))) static void avx2_errors(double err[4])
+{
+    memset(err, 0, 4 * sizeof *err);
+    for (int i = -160000; i < 160000; i += 8) {
+        float xs[8], ps[8], es[8];
+        for (int l = 0; l < 8; l++)
+            xs[l] = (float)(i + l) * 1e-4f;
+        __m256 e, p = emoe_nn_phi8(_mm256_loadu_ps(xs), &e);
+        _mm256_storeu_ps(ps, p);
+        _mm256_storeu_ps(es, e);
+        for (int l = 0; l < 8; l++) {
+            double x = xs[l], ref = 0.5 * erfc(-x / sqrt(2.0)), d = fabs(ps[l] - ref);
+            err[0] = d > err[0] ? d : err[0];
+            if (x >= -3.0 && d / ref > err[1])
+                err[1] = d / ref;
+            if (x * x / 2 < 80.0) {
+                double r = exp(-x * x / 2), q = fabs(es[l] - r) / r;
+                err[2] = q > err[2] ? q : err[2];
+            }
+        }
+    }
+    for (int i = -86990; i + 8 <= 88000; i += 8) { /* exp on [-87, 88], step 1e-3 */
+        float xs[8], ys[8];
+        for (int l = 0; l < 8; l++)
+            xs[l] = (float)(i + l) * 1e-3f;
+        _mm256_storeu_ps(ys, emoe_nn_exp8(_mm256_loadu_ps(xs)));
+        for (int l = 0; l < 8; l++) {
+            double q = fabs(ys[l] / exp((double)xs[l]) - 1.0);
+            err[3] = q > err[3] ? q : err[3];
+        }
+    }
+    float sp[8] = {-INFINITY, INFINITY, 0.0f, -0.0f, -1e30f, 1e30f, 40.0f, -40.0f}, ps[8];
+    __m256 e;
+    _mm256_storeu_ps(ps, emoe_nn_phi8(_mm256_loadu_ps(sp), &e));
+    ck_assert(ps[0] >= 0.0f && ps[0] < 1e-30f && ps[1] == 1.0f);
+    ck_assert(ps[2] == 0.5f && ps[3] == 0.5f);
+    ck_assert(ps[4] >= 0.0f && ps[4] < 1e-30f && ps[5] == 1.0f && ps[6] == 1.0f);
+    ck_assert(ps[7] >= 0.0f && ps[7] < 1e-30f);
+}
+#endif
+
+/* The AVX2 + FMA kernels (used when the CPU has them) against double precision. */
+START_TEST(test_nnmath_avx2_accuracy)
+{
+#ifdef EMOE_NN_AVX2
+    if (!emoe_nn_have_avx2()) {
+        ck_assert(!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"));
+        return;
+    }
+    double err[4];
+    avx2_errors(err);
+    ck_assert_msg(err[0] < 1.2e-7, "phi absolute error %g", err[0]);
+    ck_assert_msg(err[1] < 1.5e-6, "phi relative error (x >= -3) %g", err[1]);
+    ck_assert_msg(err[2] < 2e-5, "exp(-x^2/2) relative error %g", err[2]);
+    ck_assert_msg(err[3] < 1.5e-7, "exp8 relative error %g", err[3]);
+#else
+    ck_assert(erff(0.5f) > 0.52f); /* no AVX2 kernels on this target */
+#endif
+}
+END_TEST
+
+/* GELU forward and backward over n elements against double precision. */
+static void check_gelu_against_double(size_t n)
+{
+    float *x = fvec(n, 3.0f), *g = fvec(n, 1.0f), *y = fconst(n, 0.0f), *dx = fconst(n, 1.0f);
+    static const float tails[3] = {-9.0f, 9.0f, -4.5f};
+    for (size_t i = 0; i < n && i < 3; i++)
+        x[i] = tails[i];
+    emoe_gelu_forward(y, x, n);
+    emoe_gelu_backward(dx, g, x, n);
+    for (size_t i = 0; i < n; i++) {
+        double xd = x[i], cdf = 0.5 * (1.0 + erf(xd / sqrt(2.0)));
+        double grad = cdf + xd * exp(-0.5 * xd * xd) / sqrt(2.0 * 3.14159265358979324);
+        ck_assert_msg(fabs(y[i] - xd * cdf) <= 2e-6 + 2e-6 * fabs(xd), "gelu y[%zu]", i);
+        ck_assert_msg(fabs(dx[i] - 1.0 - g[i] * grad) <= 2e-6 + 2e-6 * fabs(g[i]),
+                      "gelu dx[%zu]", i);
+    }
+    free(x), free(g), free(y), free(dx);
+}
+
+/* The portable GELU (EMOE_NN_GENERIC=1 turns the AVX2 kernels off) and the
+ * default one agree with double precision, with odd lengths for the tails. */
+START_TEST(test_gelu_generic_and_default_paths)
+{
+    for (int generic = 0; generic < 2; generic++) {
+        setenv("EMOE_NN_GENERIC", generic ? "1" : "0", 1);
+        check_gelu_against_double(1);
+        check_gelu_against_double(13);
+        check_gelu_against_double(1003);
+    }
+    unsetenv("EMOE_NN_GENERIC");
+}
+END_TEST
+
 /* Sizes above the kernels' threading threshold, with tails: against double. */
 START_TEST(test_threaded_elementwise_against_double)
 {
@@ -833,6 +930,108 @@ START_TEST(test_resample_golden)
 }
 END_TEST
 
+/* Where align_corners=False linear interpolation samples input axis of size n for
+ * output index o of m: clamped to the grid's first and last positions. */
+static double linear_src(int n, int m, int o)
+{
+    double src = (double)n / m * (o + 0.5) - 0.5;
+    return src < 0.0 ? 0.0 : src > n - 1 ? n - 1 : src;
+}
+
+/* Trilinear resampling reproduces a linear field at the sampled positions. */
+START_TEST(test_resample3d_linear_field)
+{
+    struct emoe_error err = {0};
+    static const int cases[][6] = {{2, 3, 4, 4, 5, 3}, {3, 2, 6, 2, 4, 6}, {2, 2, 2, 4, 4, 4},
+                                   {4, 4, 4, 2, 2, 2}, {1, 3, 2, 3, 3, 5}};
+    const int D = 2;
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        int di = cases[k][0], hi = cases[k][1], wi = cases[k][2];
+        int dO = cases[k][3], ho = cases[k][4], wo = cases[k][5];
+        size_t nin = (size_t)(1 + di * hi * wi) * D, nout = (size_t)(1 + dO * ho * wo) * D;
+        float *in = fconst(nin, 0.0f), *out = fconst(nout, -1.0f);
+        in[0] = 7.0f, in[1] = -3.0f; /* the class position */
+        for (int z = 0; z < di; z++)
+            for (int y = 0; y < hi; y++)
+                for (int x = 0; x < wi; x++)
+                    for (int c = 0; c < D; c++)
+                        in[(size_t)(1 + (z * hi + y) * wi + x) * D + c] =
+                            (float)(0.5 + c - 1.25 * z + 0.75 * y + (c ? -2.0 : 0.5) * x);
+        ck_assert_int_eq(emoe_pos_embed_resample3d(out, in, 1, di, hi, wi, dO, ho, wo, D,
+                                                   EMOE_INTERP_BILINEAR, &err),
+                         EMOE_OK);
+        ck_assert(out[0] == 7.0f && out[1] == -3.0f);
+        for (int z = 0; z < dO; z++)
+            for (int y = 0; y < ho; y++)
+                for (int x = 0; x < wo; x++)
+                    for (int c = 0; c < D; c++) {
+                        double sz = linear_src(di, dO, z), sy = linear_src(hi, ho, y);
+                        double sx = linear_src(wi, wo, x);
+                        double want = 0.5 + c - 1.25 * sz + 0.75 * sy + (c ? -2.0 : 0.5) * sx;
+                        float got = out[(size_t)(1 + (z * ho + y) * wo + x) * D + c];
+                        ck_assert_msg(fabs(got - want) <= 1e-5,
+                                      "case %zu (%d,%d,%d,%d): %g want %g", k, z, y, x, c, got,
+                                      want);
+                    }
+        free(in), free(out);
+    }
+}
+END_TEST
+
+/* Along each axis the 3-D resampling weights are the 2-D function's: a field
+ * constant along one axis resamples as the 2-D grid of the other two. */
+START_TEST(test_resample3d_matches_2d_per_axis)
+{
+    struct emoe_error err = {0};
+    const int D = 3, a = 4, b = 3, ao = 6, bo = 2, rep = 3;
+    float *g2 = fvec((size_t)(1 + a * b) * D, 1.0f), *o2 = fconst((size_t)(1 + ao * bo) * D, 0);
+    ck_assert_int_eq(emoe_pos_embed_resample(o2, g2, 1, a, b, ao, bo, D, EMOE_INTERP_BILINEAR,
+                                             &err),
+                     EMOE_OK);
+    size_t nin = (size_t)(1 + a * b * rep) * D, nout = (size_t)(1 + ao * bo * rep) * D;
+    float *in = fconst(nin, 0.0f), *out = fconst(nout, 0.0f);
+    /* axis = the constant one (0 depth, 1 height, 2 width), kept at size rep */
+    for (int axis = 0; axis < 3; axis++) {
+        int si[3], so[3];
+        for (int k = 0, j = 0; k < 3; k++) {
+            si[k] = k == axis ? rep : j == 0 ? a : b;
+            so[k] = k == axis ? rep : j == 0 ? ao : bo;
+            j += k != axis;
+        }
+        memcpy(in, g2, (size_t)D * sizeof *in);
+        for (int z = 0; z < si[0]; z++)
+            for (int y = 0; y < si[1]; y++)
+                for (int x = 0; x < si[2]; x++) {
+                    int idx[3] = {z, y, x}, u[2], j = 0;
+                    for (int k = 0; k < 3; k++)
+                        if (k != axis)
+                            u[j++] = idx[k];
+                    memcpy(in + (size_t)(1 + (z * si[1] + y) * si[2] + x) * D,
+                           g2 + (size_t)(1 + u[0] * b + u[1]) * D, (size_t)D * sizeof *in);
+                }
+        ck_assert_int_eq(emoe_pos_embed_resample3d(out, in, 1, si[0], si[1], si[2], so[0], so[1],
+                                                   so[2], D, EMOE_INTERP_BILINEAR, &err),
+                         EMOE_OK);
+        for (int z = 0; z < so[0]; z++)
+            for (int y = 0; y < so[1]; y++)
+                for (int x = 0; x < so[2]; x++) {
+                    int idx[3] = {z, y, x}, u[2], j = 0;
+                    for (int k = 0; k < 3; k++)
+                        if (k != axis)
+                            u[j++] = idx[k];
+                    const float *got = out + (size_t)(1 + (z * so[1] + y) * so[2] + x) * D;
+                    const float *want = o2 + (size_t)(1 + u[0] * bo + u[1]) * D;
+                    for (int c = 0; c < D; c++)
+                        ck_assert_msg(fabs(got[c] - want[c]) <= 1e-6,
+                                      "axis %d at (%d,%d,%d): %g want %g", axis, z, y, x,
+                                      got[c], want[c]);
+                }
+        ck_assert(out[0] == g2[0] && out[D - 1] == g2[D - 1]);
+    }
+    free(g2), free(o2), free(in), free(out);
+}
+END_TEST
+
 START_TEST(test_resample_rejects_bad_arguments)
 {
     struct emoe_error err = {0};
@@ -841,6 +1040,12 @@ START_TEST(test_resample_rejects_bad_arguments)
                     err, EMOE_EINVAL, "bad resample sizes");
     tu_assert_error(emoe_pos_embed_resample(b, a, 0, 1, 1, 1, 1, 1, (enum emoe_interp)7, &err),
                     err, EMOE_EINVAL, "unknown interpolation");
+    tu_assert_error(emoe_pos_embed_resample3d(b, a, 1, 1, 0, 1, 1, 1, 1, 1,
+                                              EMOE_INTERP_BILINEAR, &err),
+                    err, EMOE_EINVAL, "bad resample sizes");
+    tu_assert_error(emoe_pos_embed_resample3d(b, a, 0, 1, 1, 1, 1, 1, 1, 1,
+                                              EMOE_INTERP_BICUBIC, &err),
+                    err, EMOE_EINVAL, "on a 3-D grid (only linear)");
 }
 END_TEST
 
@@ -1044,6 +1249,8 @@ static Suite *layers_suite(void)
     tcase_add_test(tc, test_layernorm_threaded_is_deterministic);
     tcase_add_test(tc, test_gelu_forward_and_gradients);
     tcase_add_test(tc, test_nnmath_accuracy);
+    tcase_add_test(tc, test_nnmath_avx2_accuracy);
+    tcase_add_test(tc, test_gelu_generic_and_default_paths);
     tcase_add_test(tc, test_threaded_elementwise_against_double);
     tcase_add_test(tc, test_attention_forward_and_gradients);
     tcase_add_test(tc, test_attention_threaded_matches_naive);
@@ -1063,6 +1270,8 @@ static Suite *layers_suite(void)
     tcase_add_test(gold, test_patch_embed_golden);
     tcase_add_test(gold, test_embed_golden);
     tcase_add_test(gold, test_resample_golden);
+    tcase_add_test(tc, test_resample3d_linear_field);
+    tcase_add_test(tc, test_resample3d_matches_2d_per_axis);
     tcase_add_test(gold, test_cross_entropy_golden);
     tcase_add_test(gold, test_regression_golden);
     suite_add_tcase(s, gold);

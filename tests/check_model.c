@@ -723,6 +723,57 @@ START_TEST(test_checkpoint_pos_embed_resampled)
 }
 END_TEST
 
+/* A volume model's checkpoint with a 2x2x2 patch grid loads into a 4x4x4 model:
+ * the position embedding resampled trilinearly (class position kept), the rest copied. */
+START_TEST(test_checkpoint_pos_embed_resampled_3d)
+{
+    struct emoe_error err = {0};
+    struct emoe_vit_config c;
+    tiny3d_config(&c); /* 8^3 volume, patch 4: grid 2^3 */
+    struct emoe_model *small, *big;
+    ck_assert_int_eq(emoe_model_new(&c, NULL, 0, &small, &err), EMOE_OK);
+    emoe_model_init(small, 5);
+    const char *path = tu_tmppath("vol.safetensors");
+    ck_assert_int_eq(emoe_checkpoint_save(small, path, NULL, 0, &err), EMOE_OK);
+    c.image_size[0] = c.image_size[1] = c.image_size[2] = 16; /* grid 4^3 */
+    ck_assert_int_eq(emoe_model_new(&c, NULL, 0, &big, &err), EMOE_OK);
+    ck_assert_int_eq(emoe_checkpoint_load(big, path, 0, NULL, &err), EMOE_OK);
+    struct emoe_param *ps = emoe_model_param(small, "vit.pos_embed");
+    struct emoe_param *pb = emoe_model_param(big, "vit.pos_embed");
+    int D = c.embed_dim;
+    ck_assert_uint_eq(ps->numel, (size_t)(1 + 8) * D);
+    ck_assert_uint_eq(pb->numel, (size_t)(1 + 64) * D);
+    float *want = malloc(pb->numel * sizeof *want);
+    ck_assert_int_eq(emoe_pos_embed_resample3d(want, ps->data, 1, 2, 2, 2, 4, 4, 4, D,
+                                               EMOE_INTERP_BILINEAR, &err),
+                     EMOE_OK);
+    for (size_t i = 0; i < pb->numel; i++)
+        ck_assert_msg(pb->data[i] == want[i], "pos_embed[%zu]", i);
+    for (int j = 0; j < D; j++) /* the class position, and a corner (edges repeated) */
+        ck_assert(pb->data[j] == ps->data[j] && pb->data[D + j] == ps->data[D + j]);
+    for (size_t i = 0; i < emoe_model_param_count(small); i++) {
+        struct emoe_param *a = emoe_model_param_at(small, i), *b = emoe_model_param_at(big, i);
+        if (a == ps)
+            continue;
+        ck_assert_uint_eq(a->numel, b->numel);
+        ck_assert_msg(memcmp(a->data, b->data, a->numel * sizeof *a->data) == 0, "%s",
+                      a->spec->name);
+    }
+    /* a grid that is not a cube is a shape error */
+    c.image_size[0] = 8;
+    struct emoe_model *odd;
+    ck_assert_int_eq(emoe_model_new(&c, NULL, 0, &odd, &err), EMOE_OK);
+    ck_assert_int_eq(emoe_checkpoint_save(odd, tu_tmppath("odd.safetensors"), NULL, 0, &err),
+                     EMOE_OK);
+    tu_assert_error(emoe_checkpoint_load(big, tu_tmppath("odd.safetensors"), 0, NULL, &err), err,
+                    EMOE_EFORMAT, "'vit.pos_embed' has shape");
+    free(want);
+    emoe_model_free(odd);
+    emoe_model_free(small);
+    emoe_model_free(big);
+}
+END_TEST
+
 /* Same seed: two runs write identical bytes; the training state round-trips. */
 START_TEST(test_checkpoint_determinism_and_state)
 {
@@ -808,6 +859,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_checkpoint_save_load_round_trip);
     tcase_add_test(tc, test_checkpoint_timm_and_google);
     tcase_add_test(tc, test_checkpoint_pos_embed_resampled);
+    tcase_add_test(tc, test_checkpoint_pos_embed_resampled_3d);
     tcase_add_test(tc, test_checkpoint_model_prefix_and_f16);
     tcase_add_test(tc, test_checkpoint_determinism_and_state);
     suite_add_tcase(s, tc);
