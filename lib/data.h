@@ -64,6 +64,9 @@ int collector_finish(struct collector *c, const struct emoe_prep_options *o,
 int prep_convert_pixels(const unsigned char *src, int w, int h, int cin, int size, int cout,
                         unsigned char *dst, struct emoe_error *err);
 
+/* The full size (before DCT scaling) of the JPEG j decoded last (lib/image.c). */
+void prep_jpeg_image_size(const struct emoe_jpeg *j, int *w, int *h);
+
 /* Open an archive file for streaming reads (any format and filter libarchive knows). */
 int prep_archive_open(const char *path, struct archive **out, struct emoe_error *err);
 /* "path: <libarchive's message>" as EMOE_EFORMAT (truncated or corrupt archive). */

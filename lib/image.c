@@ -5,7 +5,7 @@
  * any photo into a uint8 [n, n, c] tile.
  */
 #include "config.h"
-#include "internal.h"
+#include "data.h"
 
 #include <limits.h>
 #include <math.h>
@@ -125,6 +125,20 @@ int emoe_jpeg_pick_scale(int width, int height, int target)
     return 1;
 }
 
+/* The DCT scale M/8 (M in 1..8; libjpeg-turbo's scaled IDCTs) for a target: the smallest
+ * M whose scaled shorter side ceil(s * M / 8) is still >= target, so the decoder does the
+ * coarse shrinking and the resize only a little (8: full size, also for small images). */
+static int pick_scale_num(int width, int height, int target)
+{
+    long s = width < height ? width : height;
+    if (target <= 0)
+        return 8;
+    for (int m = 1; m < 8; m++)
+        if ((s * m + 7) / 8 >= target)
+            return m;
+    return 8;
+}
+
 static int fail(struct emoe_jpeg *j, const char *name, int code, const char *what,
                 struct emoe_error *err)
 {
@@ -157,8 +171,9 @@ static void cmyk_convert(unsigned char *p, size_t npix, int channels)
 }
 
 /*
- * Decode into j->buf at 1/denom scale with `channels` output channels; sets *w, *h.
- * name is for messages (may be NULL).
+ * Decode into j->buf with `channels` output channels; sets *w, *h.  The scale is
+ * 1/denom_in when denom_in > 0, else M/8 for the target (pick_scale_num).  name is for
+ * messages (may be NULL).
  */
 static int decode_into_scratch(struct emoe_jpeg *j, const void *data, size_t size,
                                const char *name, int channels, int target, int denom_in,
@@ -186,11 +201,14 @@ static int decode_into_scratch(struct emoe_jpeg *j, const void *data, size_t siz
         ci->out_color_space = JCS_CMYK;
     else
         ci->out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
-    int denom = denom_in > 0 ? denom_in
-                             : emoe_jpeg_pick_scale((int)ci->image_width, (int)ci->image_height,
-                                                    target);
-    ci->scale_num = 1;
-    ci->scale_denom = (unsigned)denom;
+    if (denom_in > 0) {
+        ci->scale_num = 1;
+        ci->scale_denom = (unsigned)denom_in;
+    } else {
+        ci->scale_num = (unsigned)pick_scale_num((int)ci->image_width, (int)ci->image_height,
+                                                 target);
+        ci->scale_denom = 8;
+    }
     ci->dct_method = JDCT_ISLOW;
     jpeg_calc_output_dimensions(ci);
     size_t ow = ci->output_width, oh = ci->output_height, oc = (size_t)ci->output_components;
@@ -223,6 +241,12 @@ static int decode_into_scratch(struct emoe_jpeg *j, const void *data, size_t siz
     *w = (int)ow;
     *h = (int)oh;
     return EMOE_OK;
+}
+
+void prep_jpeg_image_size(const struct emoe_jpeg *j, int *w, int *h)
+{
+    *w = (int)j->cinfo.image_width;
+    *h = (int)j->cinfo.image_height;
 }
 
 int emoe_jpeg_read_info(struct emoe_jpeg *j, const void *data, size_t size, const char *name,
@@ -373,142 +397,164 @@ static void plan(int w, int h, int n, int *fw, int *fh, int *ox, int *oy)
     *oy = (int)lround((*fh - n) / 2.0);
 }
 
-/* Horizontal pass over source rows [y0, y1) into float rows of n * C values; C is a
- * constant in each expansion so the channel loops unroll. */
-#define HPASS(C)                                                                           \
-    for (int y = y0; y < y1; y++) {                                                        \
-        const unsigned char *s = src + (size_t)y * (size_t)w * (C);                        \
-        float *d = rows + (size_t)(y - y0) * (size_t)n * (C);                              \
-        for (int i = 0; i < n; i++) {                                                      \
-            const float *wt = tx.w + (size_t)i * (size_t)tx.maxn;                          \
-            const unsigned char *p = s + (size_t)tx.start[i] * (C);                        \
-            int cnt = tx.count[i];                                                         \
-            float a0 = 0, a1 = 0, a2 = 0;                                                  \
-            for (int k = 0; k < cnt; k++, p += (C)) {                                      \
-                float wk = wt[k];                                                          \
-                a0 += wk * p[0];                                                           \
-                if ((C) > 1) {                                                             \
-                    a1 += wk * p[(C) > 1 ? 1 : 0];                                         \
-                    a2 += wk * p[(C) > 2 ? 2 : 0];                                         \
-                }                                                                          \
-            }                                                                              \
-            d[(size_t)i * (C)] = a0;                                                       \
-            if ((C) > 1) {                                                                 \
-                d[(size_t)i * (C) + ((C) > 1 ? 1 : 0)] = a1;                               \
-                d[(size_t)i * (C) + ((C) > 2 ? 2 : 0)] = a2;                               \
-            }                                                                              \
-        }                                                                                  \
-    }
-
 /*
- * One output row of the vertical pass: d[x] = round(sum_k wt[k] * r[k * rowlen + x]),
- * clamped to 0..255, through the accumulator row acc.  SSE2 (x86-64's baseline) four
- * values at a time, scalar elsewhere and for the tail.
+ * Vertical pass: one row of floats acc[0 .. len) = sum_k wt[k] * s[k * stride + x] over
+ * cnt source rows of bytes (the crop's column range).  SSE2 (x86-64's baseline) sixteen
+ * bytes at a time, scalar elsewhere and for the tail.
  */
-static void vpass_row(float *restrict acc, const float *r, size_t rowlen, const float *wt,
-                      int cnt, unsigned char *restrict d)
+static void vpass_row(float *restrict acc, const unsigned char *s, size_t stride, size_t len,
+                      const float *wt, int cnt)
 {
     size_t x = 0;
 #ifdef __SSE2__
-    const __m128 half = _mm_set1_ps(0.5f), w0 = _mm_set1_ps(wt[0]);
-    for (; x + 4 <= rowlen; x += 4)
-        _mm_storeu_ps(acc + x, _mm_add_ps(_mm_mul_ps(w0, _mm_loadu_ps(r + x)), half));
-#endif
-    for (; x < rowlen; x++)
-        acc[x] = wt[0] * r[x] + 0.5f;
-    for (int k = 1; k < cnt; k++) {
-        const float *rk = r + (size_t)k * rowlen;
-        x = 0;
-#ifdef __SSE2__
-        const __m128 wk = _mm_set1_ps(wt[k]);
-        for (; x + 4 <= rowlen; x += 4)
-            _mm_storeu_ps(acc + x, _mm_add_ps(_mm_loadu_ps(acc + x),
-                                              _mm_mul_ps(wk, _mm_loadu_ps(rk + x))));
-#endif
-        for (; x < rowlen; x++)
-            acc[x] += wt[k] * rk[x];
+    const __m128i zero = _mm_setzero_si128();
+    for (; x + 16 <= len; x += 16) {
+        __m128 a0 = _mm_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int k = 0; k < cnt; k++) {
+            const __m128 wk = _mm_set1_ps(wt[k]);
+            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + (size_t)k * stride
+                                                                          + x));
+            __m128i lo = _mm_unpacklo_epi8(v, zero), hi = _mm_unpackhi_epi8(v, zero);
+            a0 = _mm_add_ps(a0, _mm_mul_ps(wk, _mm_cvtepi32_ps(_mm_unpacklo_epi16(lo, zero))));
+            a1 = _mm_add_ps(a1, _mm_mul_ps(wk, _mm_cvtepi32_ps(_mm_unpackhi_epi16(lo, zero))));
+            a2 = _mm_add_ps(a2, _mm_mul_ps(wk, _mm_cvtepi32_ps(_mm_unpacklo_epi16(hi, zero))));
+            a3 = _mm_add_ps(a3, _mm_mul_ps(wk, _mm_cvtepi32_ps(_mm_unpackhi_epi16(hi, zero))));
+        }
+        _mm_storeu_ps(acc + x, a0);
+        _mm_storeu_ps(acc + x + 4, a1);
+        _mm_storeu_ps(acc + x + 8, a2);
+        _mm_storeu_ps(acc + x + 12, a3);
     }
-    x = 0;
+#endif
+    for (; x < len; x++) {
+        float a = 0;
+        for (int k = 0; k < cnt; k++)
+            a += wt[k] * s[(size_t)k * stride + x];
+        acc[x] = a;
+    }
+}
+
+static unsigned char to_u8(float v)
+{
+    v += 0.5f;
+    v = v < 0 ? 0 : v;
+    v = v > 255 ? 255 : v;
+    return (unsigned char)v;
+}
+
+/* d[x] = round(clamp(f[x], 0, 255)) for x < len; SSE2 sixteen at a time. */
+static void floats_to_u8(const float *f, size_t len, unsigned char *restrict d)
+{
+    size_t x = 0;
 #ifdef __SSE2__
-    const __m128 lo = _mm_setzero_ps(), hi = _mm_set1_ps(255.0f);
-    for (; x + 16 <= rowlen; x += 16) {
-        __m128i a = _mm_cvttps_epi32(_mm_min_ps(_mm_max_ps(_mm_loadu_ps(acc + x), lo), hi));
-        __m128i b = _mm_cvttps_epi32(_mm_min_ps(_mm_max_ps(_mm_loadu_ps(acc + x + 4), lo), hi));
-        __m128i c = _mm_cvttps_epi32(_mm_min_ps(_mm_max_ps(_mm_loadu_ps(acc + x + 8), lo), hi));
-        __m128i e = _mm_cvttps_epi32(_mm_min_ps(_mm_max_ps(_mm_loadu_ps(acc + x + 12), lo), hi));
+    const __m128 lo = _mm_setzero_ps(), hi = _mm_set1_ps(255.0f), half = _mm_set1_ps(0.5f);
+    for (; x + 16 <= len; x += 16) {
+        __m128i v[4];
+        for (int q = 0; q < 4; q++)
+            v[q] = _mm_cvttps_epi32(
+                _mm_min_ps(_mm_max_ps(_mm_add_ps(_mm_loadu_ps(f + x + 4 * q), half), lo), hi));
         _mm_storeu_si128((__m128i *)(void *)(d + x),
-                         _mm_packus_epi16(_mm_packs_epi32(a, b), _mm_packs_epi32(c, e)));
+                         _mm_packus_epi16(_mm_packs_epi32(v[0], v[1]),
+                                          _mm_packs_epi32(v[2], v[3])));
     }
 #endif
-    for (; x < rowlen; x++) {
-        float v = acc[x];
-        v = v < 0 ? 0 : v;
-        v = v > 255 ? 255 : v;
-        d[x] = (unsigned char)v;
+    for (; x < len; x++)
+        d[x] = to_u8(f[x]);
+}
+
+/*
+ * Horizontal pass: output row o [n, c] (floats; for RGB one float of padding past the
+ * end) from one vertically resized float row r (its column 0 is source column x0).  For
+ * RGB each tap is one four-float SSE2 multiply-add (r holds 4 floats of padding past its
+ * end).
+ */
+static void hpass_row(const float *r, int x0, const struct taps *tx, int n, int c,
+                      float *restrict o)
+{
+    if (c == 3) {
+        for (int i = 0; i < n; i++) {
+            const float *wt = tx->w + (size_t)i * (size_t)tx->maxn;
+            const float *p = r + (size_t)(tx->start[i] - x0) * 3;
+            int cnt = tx->count[i];
+#ifdef __SSE2__
+            __m128 a = _mm_mul_ps(_mm_set1_ps(wt[0]), _mm_loadu_ps(p));
+            for (int k = 1; k < cnt; k++)
+                a = _mm_add_ps(a, _mm_mul_ps(_mm_set1_ps(wt[k]), _mm_loadu_ps(p + 3 * k)));
+            _mm_storeu_ps(o + 3 * i, a); /* the 4th float is overwritten next */
+#else
+            float a0 = 0, a1 = 0, a2 = 0;
+            for (int k = 0; k < cnt; k++, p += 3) {
+                a0 += wt[k] * p[0];
+                a1 += wt[k] * p[1];
+                a2 += wt[k] * p[2];
+            }
+            o[3 * i] = a0;
+            o[3 * i + 1] = a1;
+            o[3 * i + 2] = a2;
+#endif
+        }
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        const float *wt = tx->w + (size_t)i * (size_t)tx->maxn;
+        const float *p = r + (size_t)(tx->start[i] - x0) * (size_t)c;
+        float a[4] = {0, 0, 0, 0};
+        for (int k = 0; k < tx->count[i]; k++, p += c)
+            for (int q = 0; q < c; q++)
+                a[q] += wt[k] * p[q];
+        memcpy(o + (size_t)i * (size_t)c, a, sizeof(float) * (size_t)c);
     }
 }
 
 /*
- * Resize with scratch rows (may be grown); src [h, w, c] -> dst [n, n, c].  The
+ * Resize with a scratch row (may be grown); src [h, w, c] -> dst [n, n, c].  The
  * geometry (resized size, crop offsets) is planned on the original image W x H, of
- * which src is a 1/denom scaled copy, so DCT-scaled and full decodes sample the
- * same regions.
+ * which src is a copy scaled by `scale` (the DCT scale M/8, or 1), so DCT-scaled and
+ * full decodes sample the same regions.  The vertical pass runs first, over whole
+ * contiguous rows (vectorised), so the horizontal gather only sees n rows.
  */
-static int resize_crop(const unsigned char *src, int w, int h, int c, int W, int H, int denom,
-                       int n, unsigned char *dst, float **rows_p, size_t *rows_cap)
+static int resize_crop(const unsigned char *src, int w, int h, int c, int W, int H,
+                       double scale, int n, unsigned char *dst, float **rows_p,
+                       size_t *rows_cap)
 {
     int fw, fh, ox, oy;
     plan(W, H, n, &fw, &fh, &ox, &oy);
-    if (denom == 1 && fw == w && fh == h) { /* only a crop */
+    if (scale == 1.0 && fw == w && fh == h) { /* only a crop */
         for (int y = 0; y < n; y++)
             memcpy(dst + (size_t)y * n * c, src + ((size_t)(y + oy) * w + ox) * c,
                    (size_t)n * c);
         return 0;
     }
     struct taps tx, ty;
-    if (taps_make(&tx, w, (double)W / denom, fw, ox, n) != 0)
+    if (taps_make(&tx, w, W * scale, fw, ox, n) != 0)
         return -1;
-    if (taps_make(&ty, h, (double)H / denom, fh, oy, n) != 0) {
+    if (taps_make(&ty, h, H * scale, fh, oy, n) != 0) {
         taps_free(&tx);
         return -1;
     }
-    int y0 = ty.start[0], y1 = ty.start[n - 1] + ty.count[n - 1];
-    size_t rowlen = (size_t)n * (size_t)c;
-    /* the horizontally resized rows, then one accumulator row */
-    size_t need = ((size_t)(y1 - y0) + 1) * rowlen * sizeof(float);
-    if (grow((void **)rows_p, rows_cap, need) != 0) {
+    int x0 = tx.start[0], x1 = tx.start[n - 1] + tx.count[n - 1];
+    for (int i = 0; i < n; i++) { /* the columns any output reads */
+        if (tx.start[i] < x0)
+            x0 = tx.start[i];
+        if (tx.start[i] + tx.count[i] > x1)
+            x1 = tx.start[i] + tx.count[i];
+    }
+    size_t len = (size_t)(x1 - x0) * (size_t)c, olen = (size_t)n * (size_t)c;
+    /* the vertically resized row (4 floats of padding), then one output row (and 1) */
+    if (grow((void **)rows_p, rows_cap, (len + 4 + olen + 1) * sizeof(float)) != 0) {
         taps_free(&tx);
         taps_free(&ty);
         return -1;
     }
-    float *rows = *rows_p;
-    if (c == 3) {
-        HPASS(3)
-    } else if (c == 1) {
-        HPASS(1)
-    } else {
-        /* 4 channels (not used by the decoders): two passes of the generic kind */
-        for (int y = y0; y < y1; y++) {
-            const unsigned char *sr = src + (size_t)y * (size_t)w * 4;
-            float *d = rows + (size_t)(y - y0) * rowlen;
-            for (int i = 0; i < n; i++) {
-                const float *wt = tx.w + (size_t)i * (size_t)tx.maxn;
-                const unsigned char *p = sr + (size_t)tx.start[i] * 4;
-                float acc[4] = {0, 0, 0, 0};
-                for (int k = 0; k < tx.count[i]; k++, p += 4)
-                    for (int q = 0; q < 4; q++)
-                        acc[q] += wt[k] * p[q];
-                memcpy(d + (size_t)i * 4, acc, sizeof acc);
-            }
-        }
-    }
-    float *restrict acc = rows + (size_t)(y1 - y0) * rowlen;
+    float *row = *rows_p, *orow = row + len + 4;
+    memset(row + len, 0, 4 * sizeof(float));
+    size_t stride = (size_t)w * (size_t)c;
     for (int i = 0; i < n; i++) {
         const float *wt = ty.w + (size_t)i * (size_t)ty.maxn;
-        const float *r = rows + (size_t)(ty.start[i] - y0) * rowlen;
-        unsigned char *restrict d = dst + (size_t)i * rowlen;
-        int cnt = ty.count[i];
-        vpass_row(acc, r, rowlen, wt, cnt, d);
+        vpass_row(row, src + (size_t)ty.start[i] * stride + (size_t)x0 * (size_t)c, stride,
+                  len, wt, ty.count[i]);
+        hpass_row(row, x0, &tx, n, c, orow);
+        floats_to_u8(orow, olen, dst + (size_t)i * olen);
     }
     taps_free(&tx);
     taps_free(&ty);
@@ -523,7 +569,7 @@ int emoe_image_resize_crop(const unsigned char *src, int w, int h, int c, int n,
                               c, n);
     float *rows = NULL;
     size_t cap = 0;
-    int rc = resize_crop(src, w, h, c, w, h, 1, n, dst, &rows, &cap);
+    int rc = resize_crop(src, w, h, c, w, h, 1.0, n, dst, &rows, &cap);
     free(rows);
     if (rc != 0)
         return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
@@ -546,9 +592,9 @@ int emoe_jpeg_decode_square(struct emoe_jpeg *j, const void *data, size_t size,
         memcpy(out, j->buf, (size_t)n * n * channels);
         return EMOE_OK;
     }
+    double scale = (double)j->cinfo.scale_num / (double)j->cinfo.scale_denom;
     if (resize_crop(j->buf, w, h, channels, (int)j->cinfo.image_width,
-                    (int)j->cinfo.image_height, (int)j->cinfo.scale_denom, n, out, &j->rows,
-                    &j->rows_cap) != 0)
+                    (int)j->cinfo.image_height, scale, n, out, &j->rows, &j->rows_cap) != 0)
         return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
     return EMOE_OK;
 }

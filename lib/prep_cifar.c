@@ -25,6 +25,7 @@ struct cifar {
     struct collector col;
     unsigned char hwc[PIX];
     size_t members;             /* batches read */
+    char missing[8600];         /* where the class names were looked for, last */
 };
 
 static int want_member(const struct cifar *cf, const char *base)
@@ -164,6 +165,9 @@ static int read_archive(struct cifar *cf, const char *path, struct emoe_error *e
     }
     if (r != ARCHIVE_EOF)
         rc = prep_archive_error(a, path, err);
+    if (rc == EMOE_OK && !cf->col.names)
+        snprintf(cf->missing, sizeof cf->missing, "%s: missing label file '%s' (the class "
+                 "names) in this archive", path, names_file(cf));
 done:
     free(rec);
     archive_read_free(a);
@@ -204,13 +208,16 @@ static int read_bin(struct cifar *cf, const char *path, struct emoe_error *err)
     fclose(f);
     if (rc != EMOE_OK || cf->col.names)
         return rc;
-    /* class names from the file next to it, when there */
+    /* class names from the file next to it (an error at the end when no source has one) */
     char p[4200];
     const char *slash = strrchr(path, '/');
     snprintf(p, sizeof p, "%.*s%s", slash ? (int)(slash - path + 1) : 0, path, names_file(cf));
     struct stat st;
-    if (stat(p, &st) != 0)
+    if (stat(p, &st) != 0) {
+        snprintf(cf->missing, sizeof cf->missing, "%s: missing label file '%s' (the class "
+                 "names, expected next to it)", path, p);
         return EMOE_OK;
+    }
     unsigned char *t;
     size_t n;
     rc = prep_read_file(p, MAX_NAMES_FILE, &t, &n, err);
@@ -253,6 +260,9 @@ int prep_read_cifar(const char *const *src, size_t n, int cifar100,
                                 want, o->split ? "" : " (for another split use --split)");
         }
     }
+    /* the issue: a missing label file is an error naming the file */
+    if (rc == EMOE_OK && !cf->col.names)
+        rc = emoe_error_set(err, EMOE_ENOTFOUND, "%s", cf->missing);
     if (rc == EMOE_OK)
         rc = collector_finish(&cf->col, o, out, err);
     else

@@ -309,8 +309,10 @@ static int peek(const char *path, unsigned char *buf, size_t want, size_t *got, 
     return EMOE_OK;
 }
 
-/* Look at the member names of an archive (the first 4096 when it is compressed, where
- * skipping means decompressing). */
+/* Look at the member names of an archive: the first 4096 when it is compressed (where
+ * skipping means decompressing), or when they already decide the format and nothing
+ * looks like tiny-imagenet (JPEGs in folders named 'images', whose 'wnids.txt' may come
+ * anywhere); else all of them. */
 static int detect_archive(const char *path, int compressed, enum emoe_prep_format *fmt,
                           struct emoe_error *err)
 {
@@ -319,9 +321,11 @@ static int detect_archive(const char *path, int compressed, enum emoe_prep_forma
     if (rc != EMOE_OK)
         return rc;
     struct archive_entry *e;
-    int bins = 0, jpgs = 0, wnids = 0, tars = 0, nii = 0, c100 = 0, r = ARCHIVE_OK;
-    size_t limit = compressed ? 4096 : SIZE_MAX;
-    for (size_t i = 0; i < limit && (r = archive_read_next_header(a, &e)) == ARCHIVE_OK; i++) {
+    int bins = 0, jpgs = 0, wnids = 0, tars = 0, nii = 0, c100 = 0, tinyish = 0;
+    int r = ARCHIVE_OK;
+    for (size_t i = 0; (r = archive_read_next_header(a, &e)) == ARCHIVE_OK; i++) {
+        if (i >= 4096 && (compressed || ((jpgs || bins || tars) && !tinyish)))
+            break;
         const char *name = archive_entry_pathname(e);
         if (!name)
             continue;
@@ -331,8 +335,11 @@ static int detect_archive(const char *path, int compressed, enum emoe_prep_forma
         if (!strcmp(b, "fine_label_names.txt") || !strcmp(b, "train.bin") ||
             !strcmp(b, "test.bin"))
             c100++;
-        if (prep_has_suffix(name, ".jpg") || prep_has_suffix(name, ".jpeg"))
+        if (prep_has_suffix(name, ".jpg") || prep_has_suffix(name, ".jpeg")) {
             jpgs++;
+            size_t bl = (size_t)(b - name);
+            tinyish |= bl >= 7 && !strncmp(b - 7, "images/", 7) && (bl == 7 || b[-8] == '/');
+        }
         if (!strcmp(b, "wnids.txt") || !strcmp(b, "val_annotations.txt"))
             wnids++;
         if (prep_has_suffix(name, ".tar"))

@@ -26,7 +26,7 @@
 
 struct member {
     char *key;              /* path inside the source */
-    char *where;            /* "source: member 'key'" for messages */
+    const char *source;     /* for messages: "source: member 'key'" (made only when needed) */
     unsigned char *data;
     size_t size;
     size_t slot;
@@ -71,6 +71,7 @@ struct feeder {
     int fill_rc;
     struct emoe_error fill_err;
     size_t skipped;
+    size_t flat;                /* JPEGs of the current source outside any class folder */
     char *subdir;               /* normalised (no leading ./, no trailing /), or NULL */
     const char *split_dir;      /* the folder named so is the root (--split), or NULL */
     int tiny;                   /* tiny-imagenet: wnids.txt, words.txt, val annotations */
@@ -132,13 +133,15 @@ static const char *after_root(const struct feeder *f, const char *key)
     return key;
 }
 
-static int wants(const struct feeder *f, const char *key)
+static int wants(struct feeder *f, const char *key)
 {
     if (!is_jpeg(key))
         return 0;
     if (f->o->label_file && !f->subdir && !f->split_dir)
         return 1; /* flat validation images: labels from the file */
     const char *r = after_root(f, key);
+    if (r && !strchr(r, '/'))
+        f->flat++; /* no class folder: for the message when nothing else is found */
     return r && strchr(r, '/'); /* a class folder, then the file */
 }
 
@@ -146,7 +149,6 @@ static void batch_clear(struct batch *b)
 {
     for (size_t i = 0; i < b->nm; i++) {
         free(b->m[i].key);
-        free(b->m[i].where);
         free(b->m[i].data);
     }
     memset(b->m, 0, sizeof(struct member) * b->nm);
@@ -165,14 +167,12 @@ static int batch_add(struct batch *b, const char *source, const char *key, unsig
 {
     struct member *m = &b->m[b->nm++];
     m->key = strdup(key);
-    size_t wl = strlen(source) + strlen(key) + 16;
-    m->where = malloc(wl);
+    m->source = source;
     m->data = data;
     m->size = size;
     b->bytes += size;
-    if (!m->key || !m->where)
+    if (!m->key)
         return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
-    snprintf(m->where, wl, "%s: member '%s'", source, key);
     return EMOE_OK;
 }
 
@@ -400,7 +400,7 @@ static int iter_open(struct feeder *f, const char *path, struct iter **out,
         rc = walk(path, f->subdir ? f->subdir : "", &ps, 0, err);
         it->paths = ps.v;
         it->npaths = ps.n;
-        if (rc == EMOE_OK)
+        if (rc == EMOE_OK && it->npaths > 0)
             qsort(it->paths, it->npaths, sizeof *it->paths, cmp_str);
     } else {
         rc = prep_archive_open(path, &it->a, err);
@@ -415,15 +415,34 @@ static int iter_open(struct feeder *f, const char *path, struct iter **out,
 
 /* ------------------------------------------------------------ decoding */
 
+/* "source: member 'key'" (for messages). */
+static void member_where(const struct member *m, char *buf, size_t n)
+{
+    snprintf(buf, n, "%s: member '%s'", m->source, m->key);
+}
+
+/* Native size (--size 0): every image square and of the first one's size; the images
+ * after the first are checked by their decode. */
 static void decode_member(struct feeder *f, struct member *m)
 {
     int d = 0;
     for (;; d = (d + 1) % f->ndec)
         if (!atomic_flag_test_and_set(&f->busy[d]))
             break;
-    m->rc = emoe_jpeg_decode_square(f->dec[d], m->data, m->size, m->where, f->channels, f->side,
+    m->rc = emoe_jpeg_decode_square(f->dec[d], m->data, m->size, NULL, f->channels, f->side,
                                     collector_slot(&f->col, m->slot), &m->err);
+    int w = 0, h = 0;
+    if (m->rc == EMOE_OK && f->o->size == 0)
+        prep_jpeg_image_size(f->dec[d], &w, &h);
     atomic_flag_clear(&f->busy[d]);
+    if (m->rc == EMOE_OK && f->o->size == 0 && (w != f->side || h != f->side))
+        m->rc = emoe_error_set(&m->err, EMOE_EINVAL, "image is %dx%d, not %dx%d like the "
+                               "first; give a size", w, h, f->side, f->side);
+    if (m->rc != EMOE_OK) {
+        char where[4200];
+        member_where(m, where, sizeof where);
+        emoe_error_prefix(&m->err, where);
+    }
 }
 
 /* Item 0 reads the next batch (when there is a source left); items 1.. decode. */
@@ -439,22 +458,20 @@ static void work_item(void *ctx, size_t i)
     decode_member(f, &f->b[f->cur].m[i - 1]);
 }
 
-/* Native size (--size 0): every image must be square and of the first one's size. */
-static int check_native(struct feeder *f, struct member *m, struct emoe_error *err)
+/* Native size (--size 0): the first readable image gives the (square) side. */
+static int find_native_side(struct feeder *f, struct member *m, struct emoe_error *err)
 {
     struct emoe_jpeg_info info;
-    int rc = emoe_jpeg_read_info(f->dec[0], m->data, m->size, m->where, &info, &m->err);
-    if (rc != EMOE_OK)
+    struct emoe_error e2 = {0};
+    if (emoe_jpeg_read_info(f->dec[0], m->data, m->size, NULL, &info, &e2) != EMOE_OK)
         return EMOE_OK; /* corrupt: handled by the decode */
-    if (f->side == 0) {
-        if (info.width != info.height)
-            return emoe_error_set(err, EMOE_EINVAL, "%s: image is %dx%d, not square; give a size",
-                                  m->where, info.width, info.height);
-        f->side = info.width;
+    if (info.width != info.height) {
+        char where[4200];
+        member_where(m, where, sizeof where);
+        return emoe_error_set(err, EMOE_EINVAL, "%s: image is %dx%d, not square; give a size",
+                              where, info.width, info.height);
     }
-    if (info.width != f->side || info.height != f->side)
-        return emoe_error_set(err, EMOE_EINVAL, "%s: image is %dx%d, not %dx%d like the first; "
-                              "give a size", m->where, info.width, info.height, f->side, f->side);
+    f->side = info.width;
     return EMOE_OK;
 }
 
@@ -465,8 +482,8 @@ static int step(struct feeder *f, struct emoe_error *err)
     struct batch *b = &f->b[f->cur];
     int rc = EMOE_OK;
     if (f->o->size == 0)
-        for (size_t i = 0; i < b->nm && rc == EMOE_OK; i++)
-            rc = check_native(f, &b->m[i], err);
+        for (size_t i = 0; i < b->nm && rc == EMOE_OK && f->side == 0; i++)
+            rc = find_native_side(f, &b->m[i], err);
     if (rc == EMOE_OK && !f->col_ready && b->nm > 0) {
         int64_t dims[3] = {f->side, f->side, f->channels};
         rc = collector_init(&f->col, EMOE_U8, 3, dims, err);
@@ -530,16 +547,19 @@ static int read_source(struct feeder *f, const char *path, struct emoe_error *er
 
 /* ------------------------------------------------------------ the reader */
 
-/* Give each item its class: the folder right below the root. */
-static int assign_classes(struct feeder *f, const char *src, struct emoe_error *err)
+/* Give the items [first, nitems) of source src their class: the folder right below the
+ * source's root.  Each source finds its own root, so several sources (folders and
+ * archives mixed) merge their classes by name. */
+static int assign_classes(struct feeder *f, const char *src, size_t first,
+                          struct emoe_error *err)
 {
     struct collector *c = &f->col;
     size_t common = 0;
-    if (!f->subdir && !f->split_dir && c->nitems > 0) {
+    if (!f->subdir && !f->split_dir && c->nitems > first) {
         /* root = the longest folder prefix shared by all keys */
-        const char *k0 = c->items[0].key;
+        const char *k0 = c->items[first].key;
         common = strlen(k0);
-        for (size_t i = 1; i < c->nitems; i++) {
+        for (size_t i = first + 1; i < c->nitems; i++) {
             const char *k = c->items[i].key;
             size_t j = 0;
             while (j < common && k[j] == k0[j])
@@ -551,7 +571,7 @@ static int assign_classes(struct feeder *f, const char *src, struct emoe_error *
         /* back off while some image would have no class folder below the root (a
          * single class: root/cls/x.jpg gives class cls, not an unknown layout) */
         for (;;) {
-            size_t i = 0;
+            size_t i = first;
             while (i < c->nitems && strchr(c->items[i].key + common, '/'))
                 i++;
             if (i == c->nitems || common == 0)
@@ -561,7 +581,7 @@ static int assign_classes(struct feeder *f, const char *src, struct emoe_error *
                 common--;
         }
     }
-    for (size_t i = 0; i < c->nitems; i++) {
+    for (size_t i = first; i < c->nitems; i++) {
         struct prep_item *it = &c->items[i];
         const char *r = f->subdir || f->split_dir ? after_root(f, it->key) : it->key + common;
         const char *slash = r ? strchr(r, '/') : NULL;
@@ -843,17 +863,31 @@ int prep_read_imagefolder(const char *const *src, size_t n, enum emoe_prep_forma
         atomic_flag_clear(&f->busy[i]);
         rc = emoe_jpeg_new(&f->dec[i], err);
     }
-    for (size_t i = 0; rc == EMOE_OK && i < n; i++)
+    /* each source in turn; each must give images (a folder and an archive may be mixed:
+     * each finds its own class folders, classes merge by name) */
+    for (size_t i = 0; rc == EMOE_OK && i < n; i++) {
+        size_t first = f->col_ready ? f->col.nitems : 0;
+        f->flat = 0;
         rc = read_source(f, src[i], err);
-    if (rc == EMOE_OK && (!f->col_ready || f->col.nitems == 0))
-        rc = emoe_error_set(err, EMOE_EFORMAT, "%s: unknown layout: no JPEG images found%s%s%s",
-                            src[0], f->subdir || f->split_dir ? " under '" : "",
-                            f->subdir ? f->subdir : f->split_dir ? f->split_dir : "",
-                            f->subdir || f->split_dir ? "'" : "");
-    if (rc == EMOE_OK)
-        rc = f->tiny ? assign_tiny(f, src[0], err)
-             : o->label_file ? assign_label_file(f, err)
-                             : assign_classes(f, src[0], err);
+        size_t got = f->col_ready ? f->col.nitems - first : 0;
+        if (rc == EMOE_OK && got == 0 && f->flat > 0 && !f->tiny)
+            rc = emoe_error_set(err, EMOE_EFORMAT,
+                                "%s: unknown layout: %zu JPEG images but no class folders; a flat "
+                                "(validation) layout needs a label file with the class of "
+                                "each image (give --labels FILE)", src[i], f->flat);
+        else if (rc == EMOE_OK && got == 0)
+            rc = emoe_error_set(err, EMOE_EFORMAT,
+                                "%s: unknown layout: no JPEG images found%s%s%s", src[i],
+                                f->subdir || f->split_dir ? " under '" : "",
+                                f->subdir ? f->subdir : f->split_dir ? f->split_dir : "",
+                                f->subdir || f->split_dir ? "'" : "");
+        if (rc == EMOE_OK && !f->tiny && !o->label_file)
+            rc = assign_classes(f, src[i], first, err);
+    }
+    if (rc == EMOE_OK && f->tiny)
+        rc = assign_tiny(f, src[0], err);
+    else if (rc == EMOE_OK && o->label_file)
+        rc = assign_label_file(f, err);
     if (res)
         res->skipped = f->skipped;
     if (rc == EMOE_OK) {

@@ -783,6 +783,10 @@ START_TEST(test_imagenet_val_label_file)
     o.label_file = NULL;
     rc = emoe_prep_read(&p, 1, &o, &d, NULL, &err);
     tu_assert_error(rc, err, EMOE_EFORMAT, "unknown layout");
+    /* not "no JPEG images found": it says a label file is needed, naming the archive */
+    tu_assert_error(rc, err, EMOE_EFORMAT, "ILSVRC2012_img_val.tar: unknown layout: 4 JPEG "
+                    "images but no class folders; a flat (validation) layout needs a label "
+                    "file");
     for (int i = 0; i < 4; i++)
         free(j[i]);
 }

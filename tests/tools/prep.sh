@@ -85,6 +85,26 @@ check "--subdir: exit 0" status_is 0
 check "--subdir: the classes below it only" member_is "$T/deep.npz" images "u8	[8,8,8,3]"
 check "--subdir: class names" has_bytes "$T/deep.npz" "antdog"
 
+# mixed sources: a folder and an archive together; each source finds its own class
+# folders (the folder's are at its top, the tar's below 'more/'), classes merge by name
+mkdir -p "$T/src/more/ant" "$T/src/more/eel"
+"$MKJPEG" "$T/src/more/ant/10.jpg" 40 30 40 10
+"$MKJPEG" "$T/src/more/eel/00.jpg" 40 30 250 10
+(cd "$T/src" && tar cf "$T/more.tar" more)
+run emoe-prep -o "$T/mixed.npz" --size 8 "$T/src/pets" "$T/more.tar"
+check "folder + tar: exit 0" status_is 0
+check "folder + tar: all 15 images" member_is "$T/mixed.npz" images "u8	[15,8,8,3]"
+check "folder + tar: classes merged by name, sorted" has_bytes "$T/mixed.npz" "antcatdogeel"
+check "folder + tar: four classes" member_is "$T/mixed.npz" classes "S3	[4]"
+check "folder + tar: labels (5 x 0, 5 x 1, 4 x 2, 1 x 3)" mean_is "$T/mixed.npz" labels 1.067
+run emoe-prep -o "$T/mixed2.npz" --size 8 "$T/more.tar" "$T/src/pets"
+check "tar + folder: the same file in the other order" cmp -s "$T/mixed.npz" "$T/mixed2.npz"
+mkdir -p "$T/src/empty/sub"
+run emoe-prep -o "$T/mixed3.npz" --size 8 "$T/src/pets" "$T/src/empty"
+check "a source without images: exit 1" status_is 1
+check "a source without images: named" stderr_has "^emoe-prep: $T/src/empty: unknown layout: no JPEG images found"
+check "a source without images: no output file" no_file "$T/mixed3.npz"
+
 # ---------------------------------------------------------- channels, stats, stdout
 run emoe-prep -o "$T/gray.npz" --size 12 --channels 1 "$T/pets.tar"
 check "--channels 1: one channel" member_is "$T/gray.npz" images "u8	[13,12,12,1]"
@@ -261,6 +281,28 @@ run emoe-prep -o "$T/c100t.npz" "$T/cifar-100-binary.tar.gz"
 check "cifar100 --split train on a test-only archive: exit 1" status_is 1
 check "cifar100 missing split: names the archive" stderr_has "^emoe-prep: $T/cifar-100-binary.tar.gz: no 'train.bin'"
 check "cifar100 missing split: no output file" no_file "$T/c100t.npz"
+# without the label-name files: an error naming the missing file, no output
+mkdir -p "$T/src/c100-lone" "$T/src/c100-nonames/cifar-100-binary"
+cp "$T/src/cifar-100-binary/test.bin" "$T/src/c100-lone/test.bin"
+run emoe-prep -f cifar100 --split test -o "$T/c100n.npz" "$T/src/c100-lone/test.bin"
+check "cifar100 .bin without fine_label_names.txt: exit 1" status_is 1
+check "cifar100 .bin without fine_label_names.txt: names the file" \
+    stderr_has "^emoe-prep: $T/src/c100-lone/test.bin: missing label file '$T/src/c100-lone/fine_label_names.txt'"
+check "cifar100 .bin without fine_label_names.txt: no output file" no_file "$T/c100n.npz"
+cp "$T/src/cifar-100-binary/fine_label_names.txt" "$T/src/c100-lone/"
+run emoe-prep -f cifar100 --split test --label coarse -o "$T/c100n.npz" "$T/src/c100-lone/test.bin"
+check "cifar100 --label coarse without coarse_label_names.txt: exit 1" status_is 1
+check "cifar100 --label coarse without coarse_label_names.txt: names the file" \
+    stderr_has "missing label file '$T/src/c100-lone/coarse_label_names.txt'"
+run emoe-prep -f cifar100 --split test -o "$T/c100n.npz" "$T/src/c100-lone/test.bin"
+check "cifar100 .bin with fine_label_names.txt next to it: exit 0" status_is 0
+cp "$T/src/cifar-100-binary/test.bin" "$T/src/c100-nonames/cifar-100-binary/"
+(cd "$T/src/c100-nonames" && tar czf "$T/c100-nonames.tar.gz" cifar-100-binary)
+run emoe-prep -f cifar100 --split test -o "$T/c100n2.npz" "$T/c100-nonames.tar.gz"
+check "cifar100 archive without fine_label_names.txt: exit 1" status_is 1
+check "cifar100 archive without fine_label_names.txt: names archive and file" \
+    stderr_has "^emoe-prep: $T/c100-nonames.tar.gz: missing label file 'fine_label_names.txt'"
+check "cifar100 archive without fine_label_names.txt: no output file" no_file "$T/c100n2.npz"
 
 # ------------------------------------------------------------------ ImageNet tars
 # training tar: one tar of flat JPEGs per class (wnid.tar) inside the outer tar
@@ -294,6 +336,8 @@ check "imagenet label file without an image's label: names file and image" \
 check "imagenet label file without an image's label: no output file" no_file "$T/in-val2.npz"
 run emoe-prep -f imagenet -o "$T/in-val3.npz" --size 8 "$T/in-val.tar"
 check "imagenet validation tar without --labels: exit 1" status_is 1
+check "imagenet validation tar without --labels: asks for the label file" \
+    stderr_has "^emoe-prep: $T/in-val.tar: unknown layout: 3 JPEG images but no class folders; .*label file.*--labels"
 check "imagenet validation tar without --labels: no output file" no_file "$T/in-val3.npz"
 
 # ------------------------------------------------------------------ Tiny ImageNet
