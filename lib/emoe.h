@@ -1080,6 +1080,11 @@ void emoe_moe_free(struct emoe_moe *moe);
 int emoe_moe_layers(const struct emoe_moe *moe);           /* L branches */
 int emoe_moe_layer_block(const struct emoe_moe *moe, int l); /* block index of branch l */
 struct emoe_moe_branch *emoe_moe_layer_branch(struct emoe_moe *moe, int l);
+/* Training forwards done so far (a resumed run passes its step): the softmax router's
+ * noise of training forward n depends only on (seed, branch, n), and the automatic
+ * eigenbasis phases count from n.  The branch form sets one branch's noise counter. */
+void emoe_moe_set_train_forwards(struct emoe_moe *moe, int64_t n);
+void emoe_moe_branch_set_train_forwards(struct emoe_moe_branch *b, int64_t n);
 /* Routing statistics of branch l: of the last forward (accumulated 0) or summed over
  * every forward since emoe_moe_stats_reset (accumulated 1, e.g. over an evaluation).
  * counts [E]; s may be NULL. */
@@ -1272,8 +1277,8 @@ struct emoe_dataset;
  * same bytes as one that was not interrupted (same options, same thread count).
  * The state file is what emoe_train_state_save writes plus the trainable weights
  * ("param.<name>"); it is written before the model, and resuming takes the weights
- * from it, so a run killed between the two files still resumes exactly.
- * Exception: the softmax router's training noise restarts its generator on resume.
+ * from it, so a run killed between the two files still resumes exactly (the MoE
+ * branches' training-forward counter, hence the router noise, is set from the step).
  */
 enum emoe_train_event_kind {
     EMOE_TRAIN_STEP = 0,    /* every log_every steps: loss, accuracy, routing */
@@ -1291,9 +1296,10 @@ struct emoe_train_layer {
 };
 struct emoe_train_metrics {
     int64_t images;
-    double loss;            /* task loss (cross-entropy without smoothing, or L1) */
+    double loss;            /* task loss (cross-entropy without smoothing, or L1 on the
+                               standardised targets) */
     double top1, top5;      /* classification, 0..1 */
-    double mae;             /* regression */
+    double mae;             /* regression, in the targets' units */
 };
 struct emoe_train_event {
     enum emoe_train_event_kind kind;
@@ -1309,6 +1315,22 @@ struct emoe_train_event {
     const struct emoe_train_layer *layers;
     const char *path;               /* SAVE */
 };
+/*
+ * Regression targets are standardised (METHOD.md section 7): the model is trained on
+ * (t - mean) / std, so its output z stands for the prediction mean + std * z.  The
+ * checkpoint keeps them as metadata "data.target_mean" and "data.target_std"
+ * (EMOE_TARGET_MEAN_KEY, EMOE_TARGET_STD_KEY; "%.17g"); a checkpoint without them
+ * means mean 0 and std 1 (a model trained on the raw targets).
+ */
+#define EMOE_TARGET_MEAN_KEY "data.target_mean"
+#define EMOE_TARGET_STD_KEY "data.target_std"
+struct emoe_target_scale {
+    double mean, std;               /* prediction = mean + std * output; std > 0 */
+};
+/* Mean and population std of the f32 targets of d (std 1 when they are all equal).
+ * EMOE_EINVAL when d has no f32 labels or a target is not finite. */
+int emoe_train_target_scale(const struct emoe_dataset *d, struct emoe_target_scale *ts,
+                            struct emoe_error *err);
 struct emoe_train_options {
     int epochs;                     /* 10 (used when max_steps is 0) */
     int64_t max_steps;              /* > 0: stop after this many steps */
@@ -1334,6 +1356,16 @@ struct emoe_train_options {
     const char *train_name, *val_name; /* names for messages */
     const struct emoe_kv *meta;     /* checkpoint metadata (moe.*, data.classes, ...) */
     size_t nmeta;
+    /* Regression: target_set 0 computes the scale from the training set
+     * (emoe_train_target_scale); 1 uses target (a resumed or initialising regression
+     * checkpoint's).  Saved with every checkpoint. */
+    int target_set;
+    struct emoe_target_scale target;
+    /* Extra metadata for the training state file (the caller's run settings, read
+     * back with emoe_safetensors_metadata_get on resume); keys must not start with
+     * "state." or "emoe.". */
+    const struct emoe_kv *state_meta;
+    size_t nstate_meta;
     /* Called between steps; nonzero stops the run: a checkpoint is saved and the run
      * returns EMOE_EINTR (for a signal handler's flag).  May be NULL. */
     int (*should_stop)(void *ctx);
@@ -1346,9 +1378,12 @@ void emoe_train_options_init(struct emoe_train_options *o);
  * NULL) starts the message. */
 int emoe_train_check_data(struct emoe_model *m, const struct emoe_dataset *d, const char *name,
                           struct emoe_error *err);
-/* Evaluate on a dataset in batches (routing counts accumulate in moe). */
+/* Evaluate on a dataset in batches (routing counts accumulate in moe).  Regression:
+ * ts (NULL: mean 0, std 1) scales the outputs; loss is the L1 loss on the
+ * standardised targets, mae is in the targets' units. */
 int emoe_train_evaluate(struct emoe_model *m, struct emoe_moe *moe,
                         const struct emoe_dataset *d, int batch,
+                        const struct emoe_target_scale *ts,
                         struct emoe_train_metrics *out, struct emoe_error *err);
 /*
  * Train m (moe may be NULL) on train, validating on val (may be NULL).  Saves to
@@ -1396,11 +1431,19 @@ struct emoe_eval_options {
     int keep_predictions;   /* fill emoe_eval_result.pred and score */
     int keep_confusion;     /* fill emoe_eval_result.confusion (K * K counts) */
     const char *name;       /* the dataset's name for messages (may be NULL) */
+    /* Regression: prediction = target.mean + target.std * output (default 0, 1; set
+     * it from the checkpoint with emoe_eval_target_scale). */
+    struct emoe_target_scale target;
     /* Called after each batch with images done and the total; may be NULL. */
     void (*progress)(void *ctx, size_t done, size_t total);
     void *ctx;
 };
 void emoe_eval_options_init(struct emoe_eval_options *o);
+/* The target scale of a checkpoint's metadata (EMOE_TARGET_MEAN_KEY, _STD_KEY):
+ * mean 0 and std 1 when absent; EMOE_EFORMAT ("path: metadata 'data.target_std': ...")
+ * when only one is present, a value is not a finite number, or std <= 0. */
+int emoe_eval_target_scale(const char *path, struct emoe_target_scale *ts,
+                           struct emoe_error *err);
 
 /* Routing statistics of one MoE layer over the whole dataset. */
 struct emoe_eval_layer {
@@ -1411,8 +1454,9 @@ struct emoe_eval_layer {
  * Results.  Classification: loss is the mean cross-entropy (no label smoothing),
  * top-1 uses the first maximum (as emoe_cross_entropy), top-5 counts a label whose
  * rank (logits greater than its own, plus equal ones at lower indices) is below 5.
- * Regression (one output, compared with the target as it is): loss = MAE, RMSE, and
- * R^2 = 1 - SS_res / SS_tot (NaN when the targets are all equal).
+ * Regression (one output z; the prediction mean + std * z of o->target compared with
+ * the target): loss = MAE, RMSE, and R^2 = 1 - SS_res / SS_tot (NaN when the targets
+ * are all equal).
  */
 struct emoe_eval_result {
     enum emoe_task task;
@@ -1430,7 +1474,8 @@ struct emoe_eval_result {
     struct emoe_eval_layer *layers;   /* [L] */
     struct emoe_tensor *routing;      /* f32 [L, E, K] top-1 token counts by true class
                                          (regression: K = 1), or NULL without MoE */
-    struct emoe_tensor *logits;       /* keep_logits: f32 [N, K] */
+    struct emoe_tensor *logits;       /* keep_logits: f32 [N, K] (regression: the
+                                         outputs z as the model gives them) */
     struct emoe_tensor *features;     /* keep_features: f32 [N, D] pre-logits */
     int32_t *pred;          /* keep_predictions, classify: [N] arg max */
     float *score;           /* keep_predictions: [N] classify: softmax probability of pred;
@@ -1478,11 +1523,13 @@ int emoe_jpeg_decode(struct emoe_jpeg *j, const void *data, size_t size, const c
                      int channels, int scale_denom, unsigned char **pixels, int *width,
                      int *height, struct emoe_error *err);
 /* Decode, resize the shorter side to n and centre-crop: out [n, n, channels].  The DCT
- * scale is the largest of 1/2/4/8 that keeps the shorter side >= n
- * (emoe_jpeg_pick_scale), then area (shrink) or bilinear (enlarge) resizing. */
+ * scale is the smallest M/8 (M 1..8) that keeps the shorter side >= n, then area
+ * (shrink) or bilinear (enlarge) resizing. */
 int emoe_jpeg_decode_square(struct emoe_jpeg *j, const void *data, size_t size,
                             const char *name, int channels, int n, unsigned char *out,
                             struct emoe_error *err);
+/* The largest denominator of 1/2/4/8 keeping the shorter side >= target (for
+ * emoe_jpeg_decode's power-of-two scales). */
 int emoe_jpeg_pick_scale(int width, int height, int target);
 /* Resize the shorter side to n (longer side n * long / short, truncated, as
  * torchvision's Resize) and centre-crop n x n.  src [h, w, c], dst [n, n, c], c 1..4. */

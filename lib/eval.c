@@ -2,12 +2,14 @@
  * eval.c: evaluation of a model on a dataset (emoe-eval): building the model a
  * checkpoint describes, checking the data against it, and one pass over the data in
  * evaluation mode that accumulates top-1/top-5/loss/confusion (classification) or
- * MAE/RMSE/R^2 (regression), the routing statistics of every MoE layer (METHOD.md
+ * MAE/RMSE/R^2 (regression, the outputs scaled back to the targets' units with the
+ * checkpoint's data.target_mean and data.target_std), the routing statistics of every MoE layer (METHOD.md
  * section 5) and, on request, logits, features and predictions.
  */
 #include "config.h"
 #include "emoe.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,6 +162,47 @@ void emoe_eval_options_init(struct emoe_eval_options *o)
 {
     memset(o, 0, sizeof *o);
     o->batch = DEFAULT_BATCH;
+    o->target.mean = 0.0;
+    o->target.std = 1.0;
+}
+
+static int meta_double(const struct emoe_safetensors *st, const char *path, const char *key,
+                       double *out, struct emoe_error *err)
+{
+    const char *v = emoe_safetensors_metadata_get(st, key);
+    char *end;
+    errno = 0;
+    double x = v ? strtod(v, &end) : 0.0;
+    if (!v || !*v || *end || errno || !isfinite(x))
+        return emoe_error_set(err, EMOE_EFORMAT, "%s: metadata '%s': '%s' is not a finite "
+                              "number", path, key, v ? v : "");
+    *out = x;
+    return EMOE_OK;
+}
+
+int emoe_eval_target_scale(const char *path, struct emoe_target_scale *ts,
+                           struct emoe_error *err)
+{
+    struct emoe_safetensors *st;
+    int rc = emoe_safetensors_open(path, &st, err);
+    if (rc)
+        return rc;
+    int has_mean = emoe_safetensors_metadata_get(st, EMOE_TARGET_MEAN_KEY) != NULL;
+    int has_std = emoe_safetensors_metadata_get(st, EMOE_TARGET_STD_KEY) != NULL;
+    struct emoe_target_scale t = {0.0, 1.0};
+    if (has_mean != has_std)
+        rc = emoe_error_set(err, EMOE_EFORMAT, "%s: metadata has '%s' without '%s'", path,
+                            has_mean ? EMOE_TARGET_MEAN_KEY : EMOE_TARGET_STD_KEY,
+                            has_mean ? EMOE_TARGET_STD_KEY : EMOE_TARGET_MEAN_KEY);
+    else if (has_mean &&
+             !(rc = meta_double(st, path, EMOE_TARGET_MEAN_KEY, &t.mean, err)) &&
+             !(rc = meta_double(st, path, EMOE_TARGET_STD_KEY, &t.std, err)) && !(t.std > 0))
+        rc = emoe_error_set(err, EMOE_EFORMAT, "%s: metadata '%s': %g is not positive", path,
+                            EMOE_TARGET_STD_KEY, t.std);
+    emoe_safetensors_close(st);
+    if (!rc)
+        *ts = t;
+    return rc;
 }
 
 void emoe_eval_result_free(struct emoe_eval_result *r)
@@ -223,6 +266,10 @@ int emoe_evaluate(struct emoe_model *m, struct emoe_moe *moe, const struct emoe_
     const struct emoe_vit_config *c = emoe_model_config(m);
     const struct emoe_tensor *im = d->images, *lb = d->labels;
     int classify = c->task == EMOE_TASK_CLASSIFY;
+    double tmean = o->target.mean, tstd = o->target.std;
+    if (!classify && !(isfinite(tmean) && isfinite(tstd) && tstd > 0))
+        return emoe_error_set(err, EMOE_EINVAL, "%s: invalid target scale (mean %g, std %g)",
+                              name, tmean, tstd);
     int K = c->num_classes, D = c->embed_dim, batch = o->batch > 0 ? o->batch : DEFAULT_BATCH;
     size_t N = (size_t)im->shape[0], sample_bytes = im->nbytes / N;
     if ((size_t)batch > N)
@@ -313,7 +360,8 @@ int emoe_evaluate(struct emoe_model *m, struct emoe_moe *moe, const struct emoe_
         } else {
             const float *t = (const float *)lb->data + start;
             for (int b = 0; b < B; b++) {
-                double pred = z[(size_t)b * K], e = pred - t[b], dm = t[b] - target_mean;
+                double pred = tmean + tstd * (double)z[(size_t)b * K], e = pred - t[b],
+                       dm = t[b] - target_mean;
                 acc.abs_sum += fabs(e);
                 acc.sq_sum += e * e;
                 acc.res_sum += dm * dm;

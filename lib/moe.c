@@ -410,6 +410,7 @@ static int branch_create(const struct emoe_moe_config *c, int D, int index,
         rc = emoe_error_set(err, EMOE_ENOMEM, "out of memory");
         goto fail;
     }
+    /* noise of training forward 0 (emoe_moe_branch_set_train_forwards) */
     emoe_rng_init(&b->rng, emoe_seed_derive(c->seed, 0x6e6f697365ull /* "noise" */),
                   (uint64_t)index);
     b->slot_alpha = 0;
@@ -1412,6 +1413,7 @@ int emoe_moe_new(const struct emoe_moe_config *c, struct emoe_model *m, struct e
             b->bound[i] = p;
         }
         branch_sync(b);
+        /* noise of training forward 0 (emoe_moe_branch_set_train_forwards) */
         emoe_rng_init(&b->rng, emoe_seed_derive(seed, 0x6e6f697365ull /* "noise" */),
                       (uint64_t)b->index);
         if ((rc = branch_bind(b, err)) || (rc = branch_init_params(b, seed, err)))
@@ -1460,6 +1462,22 @@ int emoe_moe_layer_block(const struct emoe_moe *moe, int l)
 struct emoe_moe_branch *emoe_moe_layer_branch(struct emoe_moe *moe, int l)
 {
     return l >= 0 && l < moe->L ? moe->br[l] : NULL;
+}
+
+/* The router noise of training forward n comes from the Philox stream (key,
+ * index + n * 2^32) read from its start (router_softmax.c), so it depends only on
+ * (seed, branch, n): b->rng holds the stream of the next training forward. */
+void emoe_moe_branch_set_train_forwards(struct emoe_moe_branch *b, int64_t n)
+{
+    b->rng.stream = (uint64_t)(uint32_t)b->index | (uint64_t)n << 32;
+    b->rng.pos = 0;
+}
+
+void emoe_moe_set_train_forwards(struct emoe_moe *moe, int64_t n)
+{
+    moe->train_forwards = n;
+    for (int l = 0; l < moe->L; l++)
+        emoe_moe_branch_set_train_forwards(moe->br[l], n);
 }
 
 void emoe_moe_stats_reset(struct emoe_moe *moe)

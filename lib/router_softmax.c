@@ -3,7 +3,8 @@
  *
  * Parameter "branches.{i}.router.weight" W [E, D] (no bias).  For routed tokens
  * h [N, D]: logits l = h W^T [N, E]; in training with noise, l~ = l + N(0, (1/E)^2)
- * (else l~ = l); p = softmax(l~) (tau is not used: the baseline has none).
+ * (else l~ = l), the noise of training forward n of branch i drawn from the Philox
+ * stream (seed_derive(seed, "noise"), i + n * 2^32); p = softmax(l~) (tau is not used: the baseline has none).
  * Optional extra losses (weights in the config, 0 = off):
  *   Switch balance   a E sum_e f_e P_e, f_e = share of tokens whose top-1 is e
  *                    (not differentiated), P_e = mean_n p_ne
@@ -118,8 +119,19 @@ static int softmax_forward(struct emoe_moe_branch *b, int train, struct emoe_err
     emoe_linear_forward(s->logits, b->h, s->w->data, NULL, N, D, E);
     int noisy = train && b->cfg.noise;
     float sigma = 1.0f / (float)E;
-    for (size_t i = 0; i < ne; i++)
-        s->noisy[i] = s->logits[i] + (noisy ? sigma * emoe_rng_normal(&b->rng) : 0.0f);
+    if (noisy) {
+        /* training forward n reads the stream (key, index + n * 2^32) from its start
+         * (b->rng, see emoe_moe_branch_set_train_forwards), then moves to forward n+1:
+         * the noise depends on (seed, branch, n) only, so a resumed run repeats it */
+        struct emoe_rng rng = b->rng;
+        rng.pos = 0;
+        for (size_t i = 0; i < ne; i++)
+            s->noisy[i] = s->logits[i] + sigma * emoe_rng_normal(&rng);
+        b->rng.stream += (uint64_t)1 << 32;
+        b->rng.pos = 0;
+    } else if (ne) {
+        memcpy(s->noisy, s->logits, ne * sizeof *s->noisy);
+    }
     moe_softmax_rows(b->p, s->noisy, N, E, 1.0f);
     double zl = 0.0;
     for (int n = 0; n < N; n++) {

@@ -7,6 +7,8 @@
  * (the last batch of an epoch may be smaller).  The training state records the
  * epoch and the position in it, the optimizer step and the seed, and augmentation
  * draws from (seed, step), so a resumed run repeats an uninterrupted one exactly.
+ * Regression trains the L1 loss on standardised targets (t - mean) / std (METHOD.md
+ * section 7), with mean and std saved in every checkpoint's metadata.
  * The library never prints: progress goes to the caller's log callback.
  */
 #include "config.h"
@@ -109,7 +111,30 @@ int emoe_train_check_data(struct emoe_model *m, const struct emoe_dataset *d, co
     return EMOE_OK;
 }
 
-/* Batch assembly: samples idx[0..B) of d into x (bytes per sample: sb) and y. */
+int emoe_train_target_scale(const struct emoe_dataset *d, struct emoe_target_scale *ts,
+                            struct emoe_error *err)
+{
+    const struct emoe_tensor *lb = d ? d->labels : NULL;
+    if (!lb || lb->dtype != EMOE_F32 || lb->nelem == 0)
+        return emoe_error_set(err, EMOE_EINVAL, "no regression targets (f32 labels)");
+    const float *t = lb->data;
+    double sum = 0.0, sq = 0.0;
+    for (size_t i = 0; i < lb->nelem; i++) {
+        if (!isfinite(t[i]))
+            return emoe_error_set(err, EMOE_EINVAL, "target %zu is not finite", i);
+        sum += t[i];
+    }
+    double mean = sum / (double)lb->nelem;
+    for (size_t i = 0; i < lb->nelem; i++)
+        sq += ((double)t[i] - mean) * ((double)t[i] - mean);
+    double sd = sqrt(sq / (double)lb->nelem);
+    ts->mean = mean;
+    ts->std = isfinite(sd) && sd > 1e-12 * (fabs(mean) + 1.0) ? sd : 1.0;
+    return EMOE_OK;
+}
+
+/* Batch assembly: samples idx[0..B) of d into x (bytes per sample: sb) and y
+ * (regression targets standardised with ts). */
 struct batch {
     unsigned char *x, *xaug;
     void *y;              /* int32 [B] or float [B] */
@@ -147,7 +172,8 @@ static void batch_free(struct batch *b)
     free(b->y);
 }
 
-static void batch_fill(struct batch *b, const struct emoe_dataset *d, const size_t *idx, int B)
+static void batch_fill(struct batch *b, const struct emoe_dataset *d, const size_t *idx, int B,
+                       const struct emoe_target_scale *ts)
 {
     const struct emoe_tensor *im = d->images, *lb = d->labels;
     for (int i = 0; i < B; i++) {
@@ -155,7 +181,8 @@ static void batch_fill(struct batch *b, const struct emoe_dataset *d, const size
         memcpy(b->x + (size_t)i * b->sample_bytes,
                (const unsigned char *)im->data + s * b->sample_bytes, b->sample_bytes);
         if (lb->dtype == EMOE_F32)
-            ((float *)b->y)[i] = ((const float *)lb->data)[s];
+            ((float *)b->y)[i] = (float)(((double)((const float *)lb->data)[s] - ts->mean) /
+                                         ts->std);
         else if (lb->dtype == EMOE_I64)
             ((int32_t *)b->y)[i] = (int32_t)((const int64_t *)lb->data)[s];
         else
@@ -179,9 +206,13 @@ static void fill_layers(struct emoe_moe *moe, struct emoe_train_layer *layers, i
 
 int emoe_train_evaluate(struct emoe_model *m, struct emoe_moe *moe,
                         const struct emoe_dataset *d, int batch,
+                        const struct emoe_target_scale *ts,
                         struct emoe_train_metrics *out, struct emoe_error *err)
 {
     const struct emoe_vit_config *c = emoe_model_config(m);
+    static const struct emoe_target_scale identity = {0.0, 1.0};
+    if (!ts)
+        ts = &identity;
     memset(out, 0, sizeof *out);
     size_t N = (size_t)d->images->shape[0];
     if (batch < 1)
@@ -206,7 +237,7 @@ int emoe_train_evaluate(struct emoe_model *m, struct emoe_moe *moe,
         int B = (int)(N - s < (size_t)batch ? N - s : (size_t)batch);
         for (int i = 0; i < B; i++)
             idx[i] = s + (size_t)i;
-        batch_fill(&b, d, idx, B);
+        batch_fill(&b, d, idx, B, ts);
         rc = emoe_model_forward(m, b.x, d->images->dtype, B, 0, err);
         double task = 0;
         if (!rc)
@@ -216,8 +247,9 @@ int emoe_train_evaluate(struct emoe_model *m, struct emoe_moe *moe,
         loss_sum += task * B;
         const float *lg = emoe_model_logits(m);
         if (c->task == EMOE_TASK_REGRESS) {
+            const float *t = (const float *)d->labels->data + s;
             for (int i = 0; i < B; i++)
-                abs_sum += fabs((double)lg[i] - ((const float *)b.y)[i]);
+                abs_sum += fabs(ts->mean + ts->std * (double)lg[i] - (double)t[i]);
             continue;
         }
         if (moe)
@@ -260,6 +292,7 @@ struct trainer {
     int L;
     double best;
     int have_best;
+    struct emoe_target_scale ts; /* regression targets (mean 0, std 1 for classification) */
     int saved;              /* out_path holds a checkpoint of this run (or the resumed one) */
 };
 
@@ -325,11 +358,20 @@ static int write_state(struct trainer *t, struct emoe_error *err)
     snprintf(v[1], sizeof v[1], "%llu", (unsigned long long)t->st.seed);
     snprintf(v[2], sizeof v[2], "%llu", (unsigned long long)t->st.data_epoch);
     snprintf(v[3], sizeof v[3], "%llu", (unsigned long long)t->st.data_pos);
-    struct emoe_kv meta[5] = {{"emoe.version", "1"}, {"state.step", v[0]},
-                              {"state.seed", v[1]}, {"state.data_epoch", v[2]},
-                              {"state.data_pos", v[3]}};
-    if (!rc)
-        rc = emoe_safetensors_write(t->o->state_path, nt, n, meta, 5, err);
+    size_t nsm = t->o->nstate_meta;
+    struct emoe_kv *meta = malloc((5 + nsm) * sizeof *meta);
+    if (!meta && !rc)
+        rc = emoe_error_set(err, EMOE_ENOMEM, "%s: out of memory", t->o->state_path);
+    if (!rc) {
+        struct emoe_kv base[5] = {{"emoe.version", "1"}, {"state.step", v[0]},
+                                  {"state.seed", v[1]}, {"state.data_epoch", v[2]},
+                                  {"state.data_pos", v[3]}};
+        memcpy(meta, base, sizeof base);
+        if (nsm)
+            memcpy(meta + 5, t->o->state_meta, nsm * sizeof *meta);
+        rc = emoe_safetensors_write(t->o->state_path, nt, n, meta, 5 + nsm, err);
+    }
+    free(meta);
     for (size_t i = 0; wr && i < n; i++)
         emoe_tensor_free(wr[i]);
     free(wr);
@@ -377,7 +419,7 @@ static int save(struct trainer *t, const char *path, int with_state, const doubl
 {
     const struct emoe_train_options *o = t->o;
     size_t n = o->nmeta;
-    struct emoe_kv *kv = malloc((n + 2) * sizeof *kv);
+    struct emoe_kv *kv = malloc((n + 4) * sizeof *kv);
     if (!kv)
         return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
     if (n)
@@ -393,13 +435,22 @@ static int save(struct trainer *t, const char *path, int with_state, const doubl
     }
     kv[n].key = "train.step";
     kv[n].value = step;
-    char score[40];
+    size_t nkv = n + 1;
+    char score[40], tmean[40], tstd[40];
     if (best) {
         snprintf(score, sizeof score, "%.17g", *best);
-        kv[n + 1].key = "train.best_score";
-        kv[n + 1].value = score;
+        kv[nkv].key = "train.best_score";
+        kv[nkv++].value = score;
     }
-    rc = emoe_checkpoint_save(t->m, path, kv, n + (best ? 2 : 1), err);
+    if (emoe_model_config(t->m)->task == EMOE_TASK_REGRESS) {
+        snprintf(tmean, sizeof tmean, "%.17g", t->ts.mean);
+        snprintf(tstd, sizeof tstd, "%.17g", t->ts.std);
+        kv[nkv].key = EMOE_TARGET_MEAN_KEY;
+        kv[nkv++].value = tmean;
+        kv[nkv].key = EMOE_TARGET_STD_KEY;
+        kv[nkv++].value = tstd;
+    }
+    rc = emoe_checkpoint_save(t->m, path, kv, nkv, err);
     free(kv);
     if (!rc && with_state)
         t->saved = 1;
@@ -421,7 +472,7 @@ static int validate(struct trainer *t, int epoch, struct emoe_error *err)
     if (!t->val)
         return EMOE_OK;
     struct emoe_train_metrics mt;
-    int rc = emoe_train_evaluate(t->m, t->moe, t->val, o->batch, &mt, err);
+    int rc = emoe_train_evaluate(t->m, t->moe, t->val, o->batch, &t->ts, &mt, err);
     if (rc) {
         emoe_error_prefix(err, "validation");
         return rc;
@@ -495,7 +546,7 @@ static int train_loop(struct trainer *t, struct emoe_error *err)
         }
         size_t pos = t->st.data_pos;
         int B = (int)(t->N - pos < (size_t)o->batch ? t->N - pos : (size_t)o->batch);
-        batch_fill(&t->b, d, t->perm + pos, B);
+        batch_fill(&t->b, d, t->perm + pos, B, &t->ts);
         const void *x = t->b.x;
         if (aug) {
             rc = emoe_augment_batch(&o->augment, t->b.xaug, t->b.x, B,
@@ -633,6 +684,22 @@ int emoe_train_run(struct emoe_model *m, struct emoe_moe *moe, const struct emoe
     t.total = o->max_steps > 0 ? o->max_steps : (int64_t)o->epochs * t.steps_per_epoch;
     t.L = moe ? emoe_moe_layers(moe) : 0;
     t.st.seed = o->seed;
+    t.ts.mean = 0.0;
+    t.ts.std = 1.0;
+    if (emoe_model_config(m)->task == EMOE_TASK_REGRESS) {
+        if (!o->target_set) {
+            rc = emoe_train_target_scale(train, &t.ts, err);
+            if (rc) {
+                emoe_error_prefix(err, o->train_name ? o->train_name : "training data");
+                return rc;
+            }
+        } else if (!(isfinite(o->target.mean) && isfinite(o->target.std) && o->target.std > 0)) {
+            return emoe_error_set(err, EMOE_EINVAL, "invalid target scale (mean %g, std %g)",
+                                  o->target.mean, o->target.std);
+        } else {
+            t.ts = o->target;
+        }
+    }
     struct emoe_adamw_config ac;
     emoe_adamw_config_init(&ac);
     ac.weight_decay = (float)o->weight_decay;
@@ -661,6 +728,9 @@ int emoe_train_run(struct emoe_model *m, struct emoe_moe *moe, const struct emoe
             t.have_best = 1;
             t.best = o->resume_best;
         }
+        /* one training forward per step: the router noise continues where it was */
+        if (moe)
+            emoe_moe_set_train_forwards(moe, emoe_adamw_get_step(t.opt));
     } else if (moe && o->eigen_init_batches > 0) {
         /* Eigenbasis from data (paper Fig. 1a): the covariance of the branch inputs
          * over the first batches of epoch 0's order, before the first step. */
@@ -676,7 +746,7 @@ int emoe_train_run(struct emoe_model *m, struct emoe_moe *moe, const struct emoe
         size_t pos = 0;
         for (int k = 0; k < o->eigen_init_batches && pos < t.N && !rc; k++) {
             int B = (int)(t.N - pos < (size_t)o->batch ? t.N - pos : (size_t)o->batch);
-            batch_fill(&t.b, train, idx + pos, B);
+            batch_fill(&t.b, train, idx + pos, B, &t.ts);
             rc = emoe_model_forward(m, t.b.x, train->images->dtype, B, 0, err);
             pos += (size_t)B;
         }

@@ -389,11 +389,77 @@ START_TEST(test_eval_regression)
         for (int e = 0; e < 3; e++)
             ck_assert(((float *)r.routing->data)[l * 3 + e] == (float)ref.routing[l][e][0]);
     emoe_eval_result_free(&r);
+    /* a target scale: predictions mean + std * output, metrics in the targets' units */
+    struct emoe_target_scale ts;
+    ck_assert_int_eq(emoe_eval_target_scale(path, &ts, &err), EMOE_OK);
+    ck_assert(ts.mean == 0.0 && ts.std == 1.0); /* none in the file */
+    o.target.mean = 5.0;
+    o.target.std = 2.0;
+    rc = emoe_evaluate(m, moe, d, &o, &r, &err);
+    ck_assert_msg(rc == EMOE_OK, "%s", err.msg);
+    ae = se = 0;
+    for (int i = 0; i < NIMG; i++) {
+        double p = 5.0 + 2.0 * ref.logits[i][0], e = p - t[i];
+        ae += fabs(e);
+        se += e * e;
+        check_close(r.score[i], p, 1e-4, "scaled prediction");
+    }
+    check_close(r.mae, ae / NIMG, 1e-4, "scaled mae");
+    check_close(r.rmse, sqrt(se / NIMG), 1e-4, "scaled rmse");
+    check_close(r.r2, 1 - se / ss, 1e-4, "scaled r2");
+    emoe_eval_result_free(&r);
+    o.target.std = -1.0;
+    tu_assert_error(emoe_evaluate(m, moe, d, &o, &r, &err), err, EMOE_EINVAL,
+                    "invalid target scale (mean 5, std -1)");
     emoe_moe_free(moe);
     emoe_model_free(m);
     emoe_moe_free(moe0);
     emoe_model_free(m0);
     emoe_dataset_free(d);
+}
+END_TEST
+
+/* The target scale in a checkpoint's metadata. */
+static int scale_of(const char *mean, const char *std, struct emoe_target_scale *ts,
+                    struct emoe_error *err)
+{
+    struct emoe_kv kv[2];
+    size_t n = 0;
+    if (mean)
+        kv[n++] = (struct emoe_kv){"data.target_mean", mean};
+    if (std)
+        kv[n++] = (struct emoe_kv){"data.target_std", std};
+    const char *path = tu_tmppath("scale.safetensors");
+    ck_assert_int_eq(emoe_safetensors_write(path, NULL, 0, kv, n, err), EMOE_OK);
+    return emoe_eval_target_scale(path, ts, err);
+}
+
+START_TEST(test_eval_target_scale)
+{
+    struct emoe_error err = {0};
+    struct emoe_target_scale ts = {7.0, 7.0};
+    ck_assert_int_eq(scale_of("49.568030662536621", "17.221543784075621", &ts, &err),
+                     EMOE_OK);
+    ck_assert(ts.mean == 49.568030662536621 && ts.std == 17.221543784075621);
+    ck_assert_int_eq(scale_of(NULL, NULL, &ts, &err), EMOE_OK);
+    ck_assert(ts.mean == 0.0 && ts.std == 1.0);
+    ts.mean = 3.0;
+    tu_assert_error(scale_of("50", NULL, &ts, &err), err, EMOE_EFORMAT,
+                    "scale.safetensors: metadata has 'data.target_mean' without "
+                    "'data.target_std'");
+    ck_assert(ts.mean == 3.0); /* untouched on failure */
+    tu_assert_error(scale_of(NULL, "2", &ts, &err), err, EMOE_EFORMAT,
+                    "has 'data.target_std' without 'data.target_mean'");
+    tu_assert_error(scale_of("50", "ten", &ts, &err), err, EMOE_EFORMAT,
+                    "metadata 'data.target_std': 'ten' is not a finite number");
+    tu_assert_error(scale_of("nan", "1", &ts, &err), err, EMOE_EFORMAT,
+                    "metadata 'data.target_mean': 'nan' is not a finite number");
+    tu_assert_error(scale_of("50", "", &ts, &err), err, EMOE_EFORMAT,
+                    "'' is not a finite number");
+    tu_assert_error(scale_of("50", "0", &ts, &err), err, EMOE_EFORMAT,
+                    "metadata 'data.target_std': 0 is not positive");
+    tu_assert_error(emoe_eval_target_scale(tu_tmppath("absent.safetensors"), &ts, &err), err,
+                    EMOE_ENOTFOUND, "absent.safetensors");
 }
 END_TEST
 
@@ -572,6 +638,7 @@ static Suite *eval_suite(void)
     tcase_add_test(tc, test_eval_classify_matches_hand_computed);
     tcase_add_test(tc, test_eval_top5_plain_vit);
     tcase_add_test(tc, test_eval_regression);
+    tcase_add_test(tc, test_eval_target_scale);
     tcase_add_test(tc, test_eval_volumes);
     suite_add_tcase(s, tc);
     TCase *bad = tcase_create("malformed");

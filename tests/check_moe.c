@@ -173,6 +173,60 @@ START_TEST(test_moe_branch_stats_count_tokens)
 }
 END_TEST
 
+/* The softmax router's noise of training forward n depends only on (seed, branch,
+ * n): a branch set to n reproduces it; evaluation forwards do not count. */
+static void noisy_forward(struct emoe_moe_branch *b, const float *x, int train, float *p)
+{
+    struct emoe_error err = {0};
+    float y[2 * 5 * 12];
+    memcpy(y, x, sizeof y);
+    ck_assert_int_eq(emoe_moe_branch_forward(b, y, 2, 5, 12, train, &err), EMOE_OK);
+    ck_assert_int_eq(emoe_moe_branch_tokens(b), 8);
+    memcpy(p, emoe_moe_branch_probs(b), 8 * 4 * sizeof *p);
+}
+
+START_TEST(test_moe_softmax_noise_by_forward)
+{
+    struct emoe_error err = {0};
+    struct emoe_moe_config c;
+    emoe_moe_config_init(&c);
+    c.router = EMOE_ROUTER_SOFTMAX;
+    c.experts = 4;
+    c.bottleneck = 6;
+    c.noise = 1;
+    c.seed = 5;
+    struct emoe_moe_branch *a, *b;
+    ck_assert_int_eq(emoe_moe_branch_new(&c, 12, 3, &a, &err), EMOE_OK);
+    ck_assert_int_eq(emoe_moe_branch_new(&c, 12, 3, &b, &err), EMOE_OK);
+    float x[2 * 5 * 12];
+    struct emoe_rng r;
+    emoe_rng_init(&r, 4, 0);
+    for (int i = 0; i < 2 * 5 * 12; i++)
+        x[i] = emoe_rng_normal(&r);
+    float p[3][32], q[32], clean[32];
+    for (int n = 0; n < 3; n++)
+        noisy_forward(a, x, 1, p[n]);
+    noisy_forward(a, x, 0, clean);
+    ck_assert(memcmp(p[0], p[1], sizeof q) != 0);  /* new noise every forward */
+    ck_assert(memcmp(p[1], p[2], sizeof q) != 0);
+    ck_assert(memcmp(p[0], clean, sizeof q) != 0); /* no noise in evaluation */
+    noisy_forward(b, x, 0, q);                     /* does not count */
+    ck_assert(memcmp(q, clean, sizeof q) == 0);
+    noisy_forward(b, x, 1, q);
+    ck_assert(memcmp(q, p[0], sizeof q) == 0);
+    emoe_moe_branch_set_train_forwards(b, 2);
+    noisy_forward(b, x, 1, q);
+    ck_assert(memcmp(q, p[2], sizeof q) == 0);
+    emoe_moe_branch_set_train_forwards(b, 1);
+    noisy_forward(b, x, 1, q);
+    ck_assert(memcmp(q, p[1], sizeof q) == 0);
+    noisy_forward(b, x, 1, q);                     /* and it continues from there */
+    ck_assert(memcmp(q, p[2], sizeof q) == 0);
+    emoe_moe_branch_free(a);
+    emoe_moe_branch_free(b);
+}
+END_TEST
+
 /* -------------------------------------------------- eigenbasis from data */
 
 START_TEST(test_moe_eigenbasis_from_data)
@@ -883,6 +937,7 @@ static Suite *moe_suite(void)
     tcase_add_test(core, test_moe_config_check);
     tcase_add_test(core, test_moe_routing_summary);
     tcase_add_test(core, test_moe_branch_stats_count_tokens);
+    tcase_add_test(core, test_moe_softmax_noise_by_forward);
     tcase_add_test(core, test_moe_eigenbasis_from_data);
     suite_add_tcase(s, core);
     TCase *model = tcase_create("model");

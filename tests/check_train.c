@@ -1,6 +1,8 @@
 /*
  * check_train.c: unit tests of lib/train.c: a tiny ViT learns the synthetic
- * dataset well above chance with every router, an interrupted and resumed run
+ * dataset well above chance with every router, regression on standardised targets
+ * (targets 50 +- 10: MAE in the targets' units, scale in the checkpoint), an
+ * interrupted and resumed run
  * ends with the same bytes as an uninterrupted one, a stop request saves and
  * returns EMOE_EINTR, a non-finite loss stops with the previous checkpoint
  * intact, and data that does not fit the model is refused with a clear message.
@@ -125,7 +127,7 @@ static void learns(enum emoe_router_kind router)
     int rc = emoe_train_run(n.m, n.moe, tr, va, &o, &err);
     ck_assert_msg(rc == EMOE_OK, "%s", err.msg);
     struct emoe_train_metrics mt;
-    rc = emoe_train_evaluate(n.m, n.moe, va, 64, &mt, &err);
+    rc = emoe_train_evaluate(n.m, n.moe, va, 64, NULL, &mt, &err);
     ck_assert_msg(rc == EMOE_OK, "%s", err.msg);
     /* chance is 1/8 */
     ck_assert_msg(mt.top1 > 0.5, "%s: validation top-1 %.3f", emoe_router_name(router), mt.top1);
@@ -137,7 +139,7 @@ static void learns(enum emoe_router_kind router)
     rc = emoe_checkpoint_load(n2.m, o.out_path, 0, NULL, &err);
     ck_assert_msg(rc == EMOE_OK, "%s", err.msg);
     struct emoe_train_metrics mt2;
-    rc = emoe_train_evaluate(n2.m, n2.moe, va, 64, &mt2, &err);
+    rc = emoe_train_evaluate(n2.m, n2.moe, va, 64, NULL, &mt2, &err);
     ck_assert_msg(rc == EMOE_OK, "%s", err.msg);
     ck_assert(mt2.top1 == mt.top1);
     net_free(&n2);
@@ -153,6 +155,116 @@ END_TEST
 START_TEST(test_learns_ermoe) { learns(EMOE_ROUTER_ERMOE); }
 END_TEST
 START_TEST(test_learns_softmax) { learns(EMOE_ROUTER_SOFTMAX); }
+END_TEST
+
+/* ------------------------------------------------------------------ regression */
+
+/*
+ * Volumes f32 [N, 8, 8, 8, 1] of noise plus g times a bright 4^3 cube, g ~ N(0, 1)
+ * from (seed, i); the target is 50 + 10 g: a large offset against a spread of 10.
+ */
+static struct emoe_dataset *volumes(int N, uint64_t seed)
+{
+    struct emoe_dataset *d = calloc(1, sizeof *d);
+    ck_assert_ptr_nonnull(d);
+    int64_t ishape[5] = {N, 8, 8, 8, 1}, n = N;
+    struct emoe_error err = {0};
+    ck_assert_int_eq(emoe_tensor_new(EMOE_F32, 5, ishape, &d->images, &err), EMOE_OK);
+    ck_assert_int_eq(emoe_tensor_new(EMOE_F32, 1, &n, &d->labels, &err), EMOE_OK);
+    float *v = d->images->data, *t = d->labels->data;
+    for (int i = 0; i < N; i++) {
+        struct emoe_rng r;
+        emoe_rng_init(&r, seed, (uint64_t)i);
+        float g = emoe_rng_normal(&r);
+        for (int k = 0; k < 512; k++) {
+            int z = k / 64, y = k / 8 % 8, x = k % 8;
+            v[(size_t)i * 512 + k] = 0.3f * emoe_rng_normal(&r) +
+                                     (z >= 2 && z < 6 && y >= 2 && y < 6 && x >= 2 && x < 6
+                                          ? g : 0.0f);
+        }
+        t[i] = 50.0f + 10.0f * g;
+    }
+    return d;
+}
+
+START_TEST(test_regression_standardised)
+{
+    struct emoe_dataset *tr = volumes(256, 11), *va = volumes(64, 12);
+    struct emoe_error err = {0};
+    struct emoe_vit_config c;
+    memset(&c, 0, sizeof c);
+    c.image_ndim = 3;
+    c.image_size[0] = c.image_size[1] = c.image_size[2] = 8;
+    c.patch_size = 4;
+    c.in_chans = 1;
+    c.embed_dim = 32;
+    c.depth = 2;
+    c.num_heads = 2;
+    c.mlp_dim = 64;
+    c.num_classes = 1;
+    c.task = EMOE_TASK_REGRESS;
+    c.mean[0] = 0.0f;
+    c.std[0] = 1.0f;
+    struct emoe_model *m;
+    int rc = emoe_model_new(&c, NULL, 0, &m, &err);
+    ck_assert_msg(rc == EMOE_OK, "%s", err.msg);
+    emoe_model_init(m, 1);
+    struct emoe_train_options o;
+    options(&o, tu_tmppath("regress.safetensors"));
+    o.epochs = 6;
+    rc = emoe_train_run(m, NULL, tr, va, &o, &err);
+    ck_assert_msg(rc == EMOE_OK, "%s", err.msg);
+
+    /* the scale is the training targets' and is in the checkpoint */
+    struct emoe_target_scale want, got;
+    ck_assert_int_eq(emoe_train_target_scale(tr, &want, &err), EMOE_OK);
+    ck_assert(fabs(want.mean - 50.0) < 2.0 && fabs(want.std - 10.0) < 2.0);
+    struct emoe_safetensors *st;
+    ck_assert_int_eq(emoe_safetensors_open(o.out_path, &st, &err), EMOE_OK);
+    ck_assert_ptr_nonnull(emoe_safetensors_metadata_get(st, "data.target_mean"));
+    ck_assert_ptr_nonnull(emoe_safetensors_metadata_get(st, "data.target_std"));
+    emoe_safetensors_close(st);
+    ck_assert_int_eq(emoe_eval_target_scale(o.out_path, &got, &err), EMOE_OK);
+    ck_assert(got.mean == want.mean && got.std == want.std);
+
+    /* validation MAE in the targets' units, well below their spread of 10 */
+    struct emoe_train_metrics mt;
+    rc = emoe_train_evaluate(m, NULL, va, 64, &got, &mt, &err);
+    ck_assert_msg(rc == EMOE_OK, "%s", err.msg);
+    ck_assert_msg(mt.mae < 3.0, "validation MAE %.3f", mt.mae);
+    ck_assert_msg(fabs(mt.loss * got.std - mt.mae) < 1e-3 * mt.mae, "loss %g is the "
+                  "standardised L1 (MAE %g)", mt.loss, mt.mae);
+
+    /* emoe_evaluate on the reloaded checkpoint gives the same MAE */
+    struct emoe_model *m2;
+    struct emoe_moe *moe2;
+    ck_assert_int_eq(emoe_model_load(o.out_path, &m2, &moe2, &err), EMOE_OK);
+    struct emoe_eval_options eo;
+    emoe_eval_options_init(&eo);
+    eo.target = got;
+    eo.keep_predictions = 1;
+    struct emoe_eval_result r;
+    rc = emoe_evaluate(m2, moe2, va, &eo, &r, &err);
+    ck_assert_msg(rc == EMOE_OK, "%s", err.msg);
+    ck_assert_msg(fabs(r.mae - mt.mae) < 1e-4 * mt.mae, "MAE %g vs %g", r.mae, mt.mae);
+    ck_assert(r.r2 > 0.8);
+    ck_assert(fabs(r.score[0] - ((float *)va->labels->data)[0]) < 10.0);
+    emoe_eval_result_free(&r);
+    /* without the scale (an old checkpoint): the outputs are taken as they are */
+    emoe_eval_options_init(&eo);
+    rc = emoe_evaluate(m2, moe2, va, &eo, &r, &err);
+    ck_assert_msg(rc == EMOE_OK, "%s", err.msg);
+    ck_assert(r.mae > 30.0);
+    emoe_eval_result_free(&r);
+    eo.target.std = 0.0;
+    tu_assert_error(emoe_evaluate(m2, moe2, va, &eo, &r, &err), err, EMOE_EINVAL,
+                    "invalid target scale");
+    emoe_moe_free(moe2);
+    emoe_model_free(m2);
+    emoe_model_free(m);
+    emoe_dataset_free(tr);
+    emoe_dataset_free(va);
+}
 END_TEST
 
 /* ------------------------------------------------------------------ resume */
@@ -312,6 +424,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_learns_eigen);
     tcase_add_test(tc, test_learns_ermoe);
     tcase_add_test(tc, test_learns_softmax);
+    tcase_add_test(tc, test_regression_standardised);
     tcase_add_test(tc, test_resume_exact);
     tcase_add_test(tc, test_nonfinite_keeps_checkpoint);
     tcase_add_test(tc, test_data_mismatch);

@@ -349,6 +349,8 @@ int main(int argc, char **argv)
     eo.keep_predictions = o.predictions;
     eo.keep_confusion = o.out[OUT_CONFUSION] != NULL;
     eo.name = dname;
+    if (cfg->task == EMOE_TASK_REGRESS && emoe_eval_target_scale(o.model, &eo.target, &err))
+        emoe_tool_fail(&err);
     struct progress_ctx pc;
     emoe_progress_start(&pc.bar, "evaluating", (uint64_t)d->images->shape[0]);
     eo.progress = progress;

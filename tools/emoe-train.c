@@ -4,8 +4,9 @@
  *   emoe-train [OPTIONS] -d TRAIN.npz [-v VAL.npz] -o MODEL.safetensors
  *
  * Everything is checked before anything is written; the model is saved atomically
- * with its training state next to it (MODEL.safetensors.state).  --resume continues
- * exactly; SIGINT/SIGTERM save and exit 130/143.  See emoe-train(1).
+ * with its training state next to it (MODEL.safetensors.state, which also keeps the
+ * run's settings as "option.<name>" metadata).  --resume continues exactly from the
+ * stored settings; SIGINT/SIGTERM save and exit 130/143.  See emoe-train(1).
  */
 #include "config.h"
 #include "common.h"
@@ -147,6 +148,7 @@ struct opts {
     int no_augment, crop_padding, hflip, resized_crop;
     unsigned char set[O_END]; /* given on the command line or in the config file */
     unsigned char cmdline[O_END];
+    int threads_given;        /* -j on the command line (1) or in the config file (2) */
 };
 
 static void usage(void)
@@ -160,7 +162,8 @@ static void usage(void)
         "  -v, --val FILE           validation dataset .npz (evaluated after every epoch)\n"
         "  -o, --output FILE        the model .safetensors (state in FILE.state)\n"
         "      --config FILE        'key = value' lines named like the long options\n"
-        "      --resume MODEL       continue the run saved in MODEL (and MODEL.state)\n"
+        "      --resume MODEL       continue the run saved in MODEL (and MODEL.state, which\n"
+        "                           holds its settings: only -d is needed)\n"
         "      --save-every N       also save every N steps\n"
         "      --best FILE          keep the best checkpoint on validation in FILE\n"
         "      --log FILE           JSON Lines log ('-' for standard output)\n"
@@ -431,7 +434,13 @@ static void read_config(struct opts *o, const char *path)
             opts_free(&scratch);
             continue;
         }
+        if (id == OPT_THREADS && o->threads_given == 1) {
+            emoe_tool_parse_long("--threads", arg, 0, 1024); /* the command line wins */
+            continue;
+        }
         if (id == OPT_THREADS || id == OPT_QUIET) {
+            if (id == OPT_THREADS)
+                o->threads_given = 2;
             emoe_tool_common_option(id, arg, usage);
             continue;
         }
@@ -455,6 +464,8 @@ static void parse_options(int argc, char **argv, struct opts *o)
     o->task = EMOE_TASK_CLASSIFY;
     int c;
     while ((c = getopt_long(argc, argv, EMOE_COMMON_SHORTOPTS "d:v:o:", longopts, NULL)) != -1) {
+        if (c == OPT_THREADS)
+            o->threads_given = 1;
         if (emoe_tool_common_option(c, optarg, usage))
             continue;
         if (c == '?' || c == ':')
@@ -492,6 +503,162 @@ static void parse_options(int argc, char **argv, struct opts *o)
         emoe_tool_usage_error("--min-lr %g is above --lr %g", o->to.min_lr, o->to.lr);
     if (o->best && strcmp(o->best, o->out) == 0)
         emoe_tool_usage_error("--best must differ from the output");
+}
+
+/* ------------------------------------------------------------ run settings */
+
+/*
+ * The optimisation settings of a run, kept in its training state as metadata
+ * "option.<long option>" = canonical value, so --resume needs no options: settings
+ * not given are taken from the state; a given one must agree, except --epochs and
+ * --max-steps (a run may be extended or shortened) and -j (warned: the continuation
+ * may then differ in the last bits).
+ */
+static const int stored_ids[] = {
+    O_EPOCHS, O_MAX_STEPS, O_BATCH, O_LR, O_MIN_LR, O_WD, O_WARMUP, O_SCHEDULE, O_CLIP,
+    O_SMOOTHING, O_SEED, O_NO_AUGMENT, O_CROP_PADDING, O_HFLIP, O_RESIZED_CROP, O_ORTHO,
+    O_LBL, O_IMPORTANCE, O_LOADLOSS, O_ZLOSS, O_CAPACITY, O_NOISE, O_THRESHOLD, O_FREEZE,
+};
+#define NSTORED (sizeof stored_ids / sizeof *stored_ids)
+
+/* The current value of option id in the stored (round-trip) form. */
+static void canon(const struct opts *o, int id, char *buf, size_t size)
+{
+    static const char *const sched[] = {"constant", "cosine", "linear"};
+    switch (id) {
+    case O_EPOCHS: snprintf(buf, size, "%d", o->to.epochs); break;
+    case O_MAX_STEPS: snprintf(buf, size, "%lld", (long long)o->to.max_steps); break;
+    case O_BATCH: snprintf(buf, size, "%d", o->to.batch); break;
+    case O_LR: snprintf(buf, size, "%.17g", o->to.lr); break;
+    case O_MIN_LR: snprintf(buf, size, "%.17g", o->to.min_lr); break;
+    case O_WD: snprintf(buf, size, "%.17g", o->to.weight_decay); break;
+    case O_WARMUP: snprintf(buf, size, "%lld", (long long)o->to.warmup); break;
+    case O_SCHEDULE:
+        snprintf(buf, size, "%s", o->to.schedule == EMOE_LR_CONSTANT ? sched[0]
+                                  : o->to.schedule == EMOE_LR_LINEAR ? sched[2] : sched[1]);
+        break;
+    case O_CLIP: snprintf(buf, size, "%.17g", o->to.clip); break;
+    case O_SMOOTHING: snprintf(buf, size, "%.9g", (double)o->to.label_smoothing); break;
+    case O_SEED: snprintf(buf, size, "%llu", (unsigned long long)o->to.seed); break;
+    case O_NO_AUGMENT: snprintf(buf, size, "%d", o->no_augment); break;
+    case O_CROP_PADDING: snprintf(buf, size, "%d", o->crop_padding); break;
+    case O_HFLIP: snprintf(buf, size, "%d", o->hflip); break;
+    case O_RESIZED_CROP: snprintf(buf, size, "%d", o->resized_crop); break;
+    case O_ORTHO: snprintf(buf, size, "%.9g", (double)o->mc.lambda_ortho); break;
+    case O_LBL: snprintf(buf, size, "%.9g", (double)o->mc.switch_loss); break;
+    case O_IMPORTANCE: snprintf(buf, size, "%.9g", (double)o->mc.importance_loss); break;
+    case O_LOADLOSS: snprintf(buf, size, "%.9g", (double)o->mc.load_loss); break;
+    case O_ZLOSS: snprintf(buf, size, "%.9g", (double)o->mc.z_loss); break;
+    case O_CAPACITY: snprintf(buf, size, "%.9g", (double)o->mc.capacity); break;
+    case O_NOISE: snprintf(buf, size, "%d", o->mc.noise); break;
+    case O_THRESHOLD: snprintf(buf, size, "%.9g", (double)o->mc.threshold); break;
+    case O_FREEZE: snprintf(buf, size, "%d", o->freeze); break;
+    default: snprintf(buf, size, "?"); break;
+    }
+}
+
+static int is_flag(int id)
+{
+    return id == O_NO_AUGMENT || id == O_HFLIP || id == O_RESIZED_CROP || id == O_NOISE ||
+           id == O_FREEZE;
+}
+
+/* Set option id from its stored form v ("where" names the state file). */
+static void apply_stored(struct opts *o, int id, const char *v, const char *where)
+{
+    if (is_flag(id) || id == O_CROP_PADDING) {
+        char *end;
+        errno = 0;
+        long x = strtol(v, &end, 10);
+        if (!*v || *end || errno || x < (id == O_CROP_PADDING ? -1 : 0) ||
+            x > (id == O_CROP_PADDING ? 4096 : 1))
+            emoe_tool_die("%s: metadata 'option.%s': bad value '%s'", where, opt_name(id), v);
+        int b = (int)x;
+        switch (id) {
+        case O_NO_AUGMENT: o->no_augment = b; break;
+        case O_HFLIP: o->hflip = b; break;
+        case O_RESIZED_CROP: o->resized_crop = b; break;
+        case O_NOISE: o->mc.noise = b; break;
+        case O_FREEZE: o->freeze = b; break;
+        default: o->crop_padding = b; break;
+        }
+        return;
+    }
+    if (id == O_MAX_STEPS && strcmp(v, "0") == 0) {
+        o->to.max_steps = 0; /* the length is in epochs */
+        return;
+    }
+    apply(o, id, v, where);
+}
+
+/* Resume: take the run's settings from its state file (those it has). */
+static void settings_from_state(struct opts *o, const char *state_path)
+{
+    struct emoe_safetensors *st;
+    struct emoe_error err = {0};
+    if (access(state_path, R_OK) != 0)
+        emoe_tool_die("%s: %s (the training state of %s)", state_path, strerror(errno),
+                      o->resume);
+    if (emoe_safetensors_open(state_path, &st, &err))
+        emoe_tool_fail(&err);
+    /* a new length: --epochs or --max-steps given replaces both stored ones */
+    int new_length = o->set[O_EPOCHS] || o->set[O_MAX_STEPS];
+    for (size_t i = 0; i < NSTORED; i++) {
+        int id = stored_ids[i];
+        char key[64], have[64];
+        snprintf(key, sizeof key, "option.%s", opt_name(id));
+        const char *v = emoe_safetensors_metadata_get(st, key);
+        if (!v)
+            continue; /* an older state: the options decide */
+        if ((id == O_EPOCHS || id == O_MAX_STEPS) && new_length)
+            continue;
+        int given = o->set[id] || (id == O_HFLIP && o->set[O_NO_HFLIP]);
+        if (!given) {
+            apply_stored(o, id, v, state_path);
+            continue;
+        }
+        canon(o, id, have, sizeof have);
+        if (strcmp(have, v) != 0) {
+            char stored[64];
+            snprintf(stored, sizeof stored, "%s", v);
+            emoe_safetensors_close(st); /* v belongs to st */
+            if (is_flag(id))
+                emoe_tool_usage_error("--%s%s contradicts the run being resumed: %s has "
+                                      "%s = %s", id == O_HFLIP && !o->hflip ? "no-" : "",
+                                      opt_name(id), state_path, key, stored);
+            emoe_tool_usage_error("--%s %s contradicts the run being resumed: %s has %s = %s",
+                                  opt_name(id), have, state_path, key, stored);
+        }
+    }
+    const char *v = emoe_safetensors_metadata_get(st, "option.threads");
+    if (v) {
+        long n = strtol(v, NULL, 10);
+        if (!o->threads_given && n > 0 && n <= 1024)
+            emoe_threads_set((int)n);
+        else if (o->threads_given && n != emoe_threads_get())
+            emoe_tool_warn("-j %d differs from the %ld threads of the run being resumed: "
+                           "it may not end with the same bytes", emoe_threads_get(), n);
+    }
+    emoe_safetensors_close(st);
+}
+
+/* The run's settings for its state file: kv[NSTORED + 1] pointing into text. */
+static size_t settings_for_state(const struct opts *o, struct emoe_kv *kv,
+                                 char (*text)[2][64])
+{
+    size_t n = 0;
+    for (size_t i = 0; i < NSTORED; i++, n++) {
+        snprintf(text[n][0], sizeof text[n][0], "option.%s", opt_name(stored_ids[i]));
+        canon(o, stored_ids[i], text[n][1], sizeof text[n][1]);
+    }
+    snprintf(text[n][0], sizeof text[n][0], "option.threads");
+    snprintf(text[n][1], sizeof text[n][1], "%d", emoe_threads_get());
+    n++;
+    for (size_t i = 0; i < n; i++) {
+        kv[i].key = text[i][0];
+        kv[i].value = text[i][1];
+    }
+    return n;
 }
 
 /* ------------------------------------------------------------------ model */
@@ -891,6 +1058,9 @@ int main(int argc, char **argv)
     memset(&r, 0, sizeof r);
     r.o = &o;
     struct emoe_error err = {0};
+    snprintf(r.state_path, sizeof r.state_path, "%s.state", o.out);
+    if (o.resume)
+        settings_from_state(&o, r.state_path);
 
     /* read and check everything before writing anything */
     if (emoe_dataset_read(o.data, &r.train, &err))
@@ -903,10 +1073,6 @@ int main(int argc, char **argv)
         emoe_tool_fail(&err);
     if (r.val && emoe_train_check_data(r.m, r.val, strcmp(o.val, "-") ? o.val : "<stdin>", &err))
         emoe_tool_fail(&err);
-    snprintf(r.state_path, sizeof r.state_path, "%s.state", o.out);
-    if (o.resume && access(r.state_path, R_OK) != 0)
-        emoe_tool_die("%s: %s (the training state of %s)", r.state_path, strerror(errno),
-                      o.resume);
     check_writable(o.out);
     if (o.best)
         check_writable(o.best);
@@ -920,6 +1086,14 @@ int main(int argc, char **argv)
     to->val_name = o.val;
     if (o.eigen_data)
         to->eigen_init_batches = o.eigen_batches ? o.eigen_batches : 4;
+    /* regression: a regression checkpoint keeps its target scale (mean 0, std 1 when
+     * it has none); otherwise it comes from the training targets */
+    const char *from = o.resume ? o.resume : o.init;
+    if (r.cfg.task == EMOE_TASK_REGRESS && from && has_emoe_metadata(from)) {
+        if (emoe_eval_target_scale(from, &to->target, &err))
+            emoe_tool_fail(&err);
+        to->target_set = 1;
+    }
     if (to->resume && o.best) {
         double b = best_score(o.best);
         if (isfinite(b)) {
@@ -959,6 +1133,10 @@ int main(int argc, char **argv)
     }
     to->meta = kv;
     to->nmeta = nmm;
+    struct emoe_kv skv[NSTORED + 1];
+    char stext[NSTORED + 1][2][64];
+    to->state_meta = skv;
+    to->nstate_meta = settings_for_state(&o, skv, stext);
 
     if (o.log) {
         if (strcmp(o.log, "-") == 0) {

@@ -54,9 +54,12 @@ if [ -x "$TOOLS/emoe-info" ]; then
     done
 fi
 
-# --- resume is exact: kill -9 at a random step, SIGINT, SIGTERM
-opts=(-d "$T/tr.npz" -v "$T/va.npz" "${tiny[@]}" --batch 16 --epochs 6 --save-every 1
-      --seed 7 --crop-padding 2 --hflip -j 1)
+# --- resume is exact: kill -9 at a random step, SIGINT, SIGTERM; the resumed run
+# takes its settings (augmentation, seed, schedule, ...) from its training state
+opts=(-d "$T/tr.npz" -v "$T/va.npz")
+for a in "${tiny[@]}"; do [ "$a" = --no-augment ] || opts+=("$a"); done
+opts+=(--batch 16 --epochs 6 --save-every 1 --seed 7 --crop-padding 2 --hflip --wd 0.01
+       --schedule linear --clip 0.5 --label-smoothing 0.1 -j 1)
 run emoe-train "${opts[@]}" -o "$T/ref.safetensors"
 check "reference run: exits 0" status_is 0
 wait_for() { for _ in $(seq 200); do [ -e "$1" ] && return 0; sleep 0.02; done; return 1; }
@@ -76,13 +79,57 @@ for how in KILL INT TERM; do
          [ "$rc" -ne 130 ] || check "SIGINT: says it saved" grep -q "^emoe-train: interrupted at step [0-9]*; saved .*m.safetensors (SIGINT); resume with --resume" "$d/err" ;;
     TERM) check "SIGTERM: exits 143 or finished ($rc)" test "$rc" -eq 143 -o "$rc" -eq 0 ;;
     esac
-    run emoe-train "${opts[@]}" --resume "$d/m.safetensors"
-    check "$how: resume exits 0" status_is 0
+    run emoe-train --resume "$d/m.safetensors" -d "$T/tr.npz" -v "$T/va.npz"
+    check "$how: resume with no options exits 0" status_is 0
     check "$how: resumed model is byte-identical" cmp -s "$d/m.safetensors" "$T/ref.safetensors"
     check "$how: resumed state is byte-identical" cmp -s "$d/m.safetensors.state" "$T/ref.safetensors.state"
     # (kill -9 may leave the temporary of a write in progress; a signal may not)
     [ "$how" = KILL ] || check "$how: no temporary left" only_files "$d" m.safetensors m.safetensors.state out err
 done
+
+# --- the softmax router's noise (and the V-MoE load loss that needs it) resumes exactly:
+# the noise of training step n depends only on (seed, branch, n)
+nopts=("${opts[@]}" --router softmax --router-noise --lbl 0.01 --load-loss 0.005)
+run emoe-train "${nopts[@]}" -o "$T/nref.safetensors"
+check "noise reference run: exits 0" status_is 0
+d=$T/noise
+mkdir -p "$d"
+"$TOOLS/emoe-train" "${nopts[@]}" -o "$d/m.safetensors" >"$d/out" 2>"$d/err" </dev/null &
+pid=$!
+wait_for "$d/m.safetensors"
+kill -s KILL "$pid" 2>/dev/null
+rc=0
+wait "$pid" 2>/dev/null || rc=$?
+check "noise: kill -9 interrupted the run ($rc)" test "$rc" -eq 137
+run emoe-train --resume "$d/m.safetensors" -d "$T/tr.npz" -o "$d/m.safetensors"
+check "noise: resume with no options exits 0" status_is 0
+check "noise: resumed model is byte-identical" cmp -s "$d/m.safetensors" "$T/nref.safetensors"
+check "noise: resumed state is byte-identical" cmp -s "$d/m.safetensors.state" "$T/nref.safetensors.state"
+run emoe-train "${nopts[@]}" --seed 8 -o "$T/nref8.safetensors"
+check "noise: another seed gives other weights" not_same "$T/nref8.safetensors" "$T/nref.safetensors"
+
+# --- resume: a setting that contradicts the stored one is an error; the length may change
+cp "$T/nref.safetensors" "$T/x.safetensors" && cp "$T/nref.safetensors.state" "$T/x.safetensors.state"
+for args in "--lr 0.01|--lr 0.01 contradicts the run being resumed: .*x.safetensors.state has option.lr = 0.0030000000000000001" \
+            "--batch 8|--batch 8 contradicts .* has option.batch = 16" \
+            "--no-augment|--no-augment contradicts .* has option.no-augment = 0" \
+            "--lbl 0.02|--lbl 0.0199999996 contradicts .* has option.lbl = 0.00999999978" \
+            "--schedule cosine|--schedule cosine contradicts .* has option.schedule = linear" \
+            "--seed 8|--seed 8 contradicts .* has option.seed = 7"; do
+    run emoe-train --resume "$T/x.safetensors" -d "$T/tr.npz" ${args%%|*}
+    check "resume + contradicting '${args%%|*}': exits 2" status_is 2
+    check "resume + contradicting '${args%%|*}': names both values" stderr_has "${args#*|}"
+done
+check "resume contradictions: nothing written" cmp -s "$T/x.safetensors" "$T/nref.safetensors"
+run emoe-train --resume "$T/x.safetensors" -d "$T/tr.npz" --lr 3e-3 --seed 7 --router-noise
+check "resume + agreeing options: exits 0" status_is 0
+check "resume + agreeing options: nothing left to do, same bytes" cmp -s "$T/x.safetensors" "$T/nref.safetensors"
+run emoe-train --resume "$T/x.safetensors" -d "$T/tr.npz" --epochs 7 --log "$T/x.log"
+check "resume --epochs 7 (longer): exits 0" status_is 0
+check "resume --epochs 7: 20 more steps" grep -q '"type":"save","step":140,' "$T/x.log"
+run emoe-train --resume "$T/x.safetensors" -d "$T/tr.npz" -j 2 --epochs 8
+check "resume -j 2 (another thread count): exits 0" status_is 0
+check "resume -j 2: warns" stderr_has "-j 2 differs from the 1 threads of the run being resumed"
 
 # --- a non-finite loss stops cleanly, the previous checkpoint stays readable
 mkdir -p "$T/nan"
