@@ -854,6 +854,10 @@ static void build_model(struct run *r)
         config_from_options(r);
         if (o->mc.router != EMOE_ROUTER_NONE && !o->set[O_RANK] && o->mc.rank > r->cfg.embed_dim)
             o->mc.rank = r->cfg.embed_dim;
+        if (o->resume && access(o->resume, F_OK) != 0)
+            emoe_tool_die("%s: %s (its training state exists: the run was stopped during "
+                          "its first save; start it again without --resume)",
+                          o->resume, strerror(errno));
         if (o->resume)
             emoe_tool_die("%s: not an emoe checkpoint (no model metadata)", o->resume);
         /* a reference EMoE state_dict brings its branches: adopt their configuration */

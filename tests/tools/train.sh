@@ -130,6 +130,12 @@ check "resume --epochs 7: 20 more steps" grep -q '"type":"save","step":140,' "$T
 run emoe-train --resume "$T/x.safetensors" -d "$T/tr.npz" -j 2 --epochs 8
 check "resume -j 2 (another thread count): exits 0" status_is 0
 check "resume -j 2: warns" stderr_has "-j 2 differs from the 1 threads of the run being resumed"
+# the state written but the model not yet (killed inside the first save): say so
+mkdir -p "$T/first"
+cp "$T/x.safetensors.state" "$T/first/m.safetensors.state"
+run emoe-train --resume "$T/first/m.safetensors" -d "$T/tr.npz"
+check "resume with only the state file: exits 1" status_is 1
+check "resume with only the state file: says why" stderr_has "m.safetensors: No such file or directory (its training state exists: the run was stopped during its first save"
 
 # --- a non-finite loss stops cleanly, the previous checkpoint stays readable
 mkdir -p "$T/nan"
