@@ -2,8 +2,11 @@
  * prep_synthetic.c: a procedural labelled dataset for demos and tests, deterministic
  * by the seed (each image has its own generator seeded from (seed, index), so the
  * result does not depend on the thread count).
- *   images:  8 classes of shapes and textures with random colours, position, scale
- *            and noise; uint8 [N, S, S, C].
+ *   images:  8 classes of shapes and textures with random colours (foreground and
+ *            background at least 80 apart in mean level), position, scale (radius
+ *            0.22 to 0.35 of the side; stripe periods 0.4 to 0.6 of it) and noise (up
+ *            to +-20); uint8 [N, S, S, C].  Sized so that a small ViT learns it within
+ *            a minute on 2 cores (the demo: about 0.75 top-1, chance 0.125).
  *   volumes: 3-D "brains" whose target (an age in [20, 80)) widens the ventricles and
  *            thins the cortex; float32 [N, S, S, S, 1], normalised per volume.
  * The number of images: --per-class K per class, else --limit, else 100 per class.
@@ -63,13 +66,13 @@ static void make_image(void *ctx, size_t i)
             lb += bg[k] / 3;
             lf += fg[k] / 3;
         }
-        if (fabs(lb - lf) > 60)
+        if (fabs(lb - lf) > 80)
             break;
     }
     double cx = S * (0.3 + 0.4 * runif(&r)), cy = S * (0.3 + 0.4 * runif(&r));
-    double rad = S * (0.18 + 0.17 * runif(&r));
-    double period = rad * (0.3 + 0.3 * runif(&r));
-    double noise = 30 * runif(&r);
+    double rad = S * (0.22 + 0.13 * runif(&r));
+    double period = rad * (0.4 + 0.2 * runif(&r));
+    double noise = 20 * runif(&r);
     for (int y = 0; y < S; y++)
         for (int x = 0; x < S; x++) {
             double dx = x + 0.5 - cx, dy = y + 0.5 - cy;

@@ -21,7 +21,7 @@ say "train: ViT (D 96, depth 4, patch 8) with eigen-router MoE branches after bl
 emoe-train -d train.npz -v test.npz -o model.safetensors --log train.jsonl -q \
     --embed-dim 96 --depth 4 --heads 4 --patch 8 --mlp-ratio 2 \
     --router eigen --moe-blocks 1,2 --experts 4 --rank 16 --bottleneck 96 \
-    --epochs 6 --batch 64 --lr 1e-3 --warmup 20 --no-augment
+    --epochs 6 --batch 32 --lr 1e-3 --warmup 20 --no-augment
 echo "validation after each epoch (from train.jsonl):"
 grep '"type":"eval"' train.jsonl | sed 's/.*"epoch":\([0-9]*\).*"val_top1":\([0-9.]*\).*/  epoch \1  top-1 \2/'
 emoe-info model.safetensors | head -4

@@ -5,20 +5,16 @@
 # held-out split made with another seed; and a regression model on the synthetic
 # volumes reaches an MAE well below the targets' spread.
 #
-# The set: 4 of the 8 synthetic classes (circle, square, h-stripes, v-stripes; the
-# others are hard to tell apart at 16x16), 200 training and 50 test images per
-# class at 16x16.  Chance is 0.25; the test asks for 0.5 (twice chance).  Measured
-# on 2 cores (seeds 0 and 1): top-1 0.60 to 0.75 for every router, 4 to 12 s each.
+# The set: all 8 synthetic classes, 200 training and 50 test images per class at
+# 16x16.  Chance is 0.125; the test asks for 0.4.  Measured on 2 cores (seeds 0
+# and 1, under load): top-1 0.55 to 0.71 for every router, 6 to 9 s each.
 . "${EMOE_SRCDIR:-.}/tests/tools/tool-lib.sh"
 for t in emoe-prep emoe-train emoe-eval; do
     [ -x "$TOOLS/$t" ] || skip_all "$t is not built"
 done
-classes=circle,square,h-stripes,v-stripes
-run emoe-prep -f synthetic --classes $classes --size 16 --per-class 200 --seed 1 -q \
-    -o "$T/train.npz"
+run emoe-prep -f synthetic --size 16 --per-class 200 --seed 1 -q -o "$T/train.npz"
 check "prep: training split" status_is 0
-run emoe-prep -f synthetic --classes $classes --size 16 --per-class 50 --seed 2 -q \
-    -o "$T/test.npz"
+run emoe-prep -f synthetic --size 16 --per-class 50 --seed 2 -q -o "$T/test.npz"
 check "prep: held-out split" status_is 0
 not_same() { ! cmp -s "$1" "$2"; }
 check "the splits differ" not_same "$T/train.npz" "$T/test.npz"
@@ -36,7 +32,7 @@ for r in eigen ermoe softmax "softmax --lbl 0.01" none; do
     check "$r: evaluates" status_is 0
     top1=$(awk -F'\t' '$1 == "top1" { print $2 }' "$T/out")
     echo "# $r: held-out top-1 ${top1:-?} after ${secs} s of training"
-    check "$r: held-out top-1 ${top1:-?} >= 0.5 (chance 0.25)" above "${top1:-0}" 0.5
+    check "$r: held-out top-1 ${top1:-?} >= 0.4 (chance 0.125)" above "${top1:-0}" 0.4
     rm -f "$T/m.safetensors" "$T/m.safetensors.state"
 done
 
