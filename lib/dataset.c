@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 void emoe_dataset_free(struct emoe_dataset *d)
 {
@@ -571,4 +572,38 @@ done:
     free(src);
     collector_free(c);
     return rc;
+}
+
+/* crc32 of n bytes, in pieces zlib's uInt length can take */
+static uLong crc_bytes(uLong crc, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    while (n > 0) {
+        uInt k = n > (1u << 30) ? (1u << 30) : (uInt)n;
+        crc = crc32(crc, b, k);
+        b += k;
+        n -= k;
+    }
+    return crc;
+}
+
+void emoe_dataset_fingerprint(const struct emoe_dataset *d, char *buf, size_t size)
+{
+    const struct emoe_tensor *t = d->images;
+    uLong crc = crc32(0L, Z_NULL, 0);
+    int n = 0;
+    if (t) {
+        crc = crc_bytes(crc, t->data, t->nbytes);
+        n = snprintf(buf, size, "%lld x %s[", t->ndim ? (long long)t->shape[0] : 0LL,
+                     emoe_dtype_name(t->dtype));
+        for (int i = 1; i < t->ndim && n >= 0 && (size_t)n < size; i++)
+            n += snprintf(buf + n, size - (size_t)n, "%s%lld", i > 1 ? "," : "",
+                          (long long)t->shape[i]);
+    } else {
+        n = snprintf(buf, size, "no images [");
+    }
+    if (d->labels)
+        crc = crc_bytes(crc, d->labels->data, d->labels->nbytes);
+    if (n >= 0 && (size_t)n < size)
+        snprintf(buf + n, size - (size_t)n, "], crc32 %08lx", (unsigned long)crc);
 }

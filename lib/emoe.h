@@ -1551,6 +1551,10 @@ struct emoe_dataset {
 void emoe_dataset_free(struct emoe_dataset *d);
 /* Per-channel mean and population std over all images (fills mean/std/has_stats). */
 int emoe_dataset_compute_stats(struct emoe_dataset *d, struct emoe_error *err);
+/* A short text that identifies d's contents, e.g. "3200 x u8[32,32,3], crc32 1a2b3c4d"
+ * (the crc32 covers the image and label bytes): emoe-train checks a resumed run's data
+ * with it.  Truncated to size (128 bytes always suffice). */
+void emoe_dataset_fingerprint(const struct emoe_dataset *d, char *buf, size_t size);
 /* Write atomically ("-" is stdout): images, labels, classes ('|S<n>') when known,
  * mean and std (f32 [C]) when has_stats. */
 int emoe_dataset_write(const char *path, const struct emoe_dataset *d,

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 static struct emoe_tensor *new_tensor(enum emoe_dtype dt, int ndim, const int64_t *shape)
 {
@@ -65,6 +66,35 @@ START_TEST(test_roundtrip_classify)
         ck_assert_float_eq(r->std[k], d.std[k]);
     }
     emoe_dataset_free(r);
+    emoe_tensor_free(d.images);
+    emoe_tensor_free(d.labels);
+}
+END_TEST
+
+/* The fingerprint: size and shape in words, and a crc32 that sees every image and
+ * label byte (the value is zlib's crc32 of the bytes, checked independently). */
+START_TEST(test_fingerprint)
+{
+    struct emoe_dataset d = {0};
+    d.images = make_images(5);
+    int64_t n = 5;
+    d.labels = new_tensor(EMOE_I64, 1, &n);
+    char a[128], b[128], want[128];
+    emoe_dataset_fingerprint(&d, a, sizeof a);
+    uLong crc = crc32(0L, Z_NULL, 0);
+    crc = crc32(crc, d.images->data, (uInt)d.images->nbytes);
+    crc = crc32(crc, d.labels->data, (uInt)d.labels->nbytes);
+    snprintf(want, sizeof want, "5 x u8[4,4,3], crc32 %08lx", (unsigned long)crc);
+    ck_assert_str_eq(a, want);
+    ((int64_t *)d.labels->data)[4] = 1;             /* one label */
+    emoe_dataset_fingerprint(&d, b, sizeof b);
+    ck_assert_str_ne(a, b);
+    ((int64_t *)d.labels->data)[4] = 0;
+    ((unsigned char *)d.images->data)[47] ^= 1;     /* one bit of the last pixel */
+    emoe_dataset_fingerprint(&d, b, sizeof b);
+    ck_assert_str_ne(a, b);
+    emoe_dataset_fingerprint(&d, b, 12);            /* truncated, terminated */
+    ck_assert_str_eq(b, "5 x u8[4,4,");
     emoe_tensor_free(d.images);
     emoe_tensor_free(d.labels);
 }
@@ -317,6 +347,7 @@ static Suite *dataset_read_suite(void)
     Suite *s = suite_create("dataset_read");
     TCase *tc = tcase_create("roundtrip");
     tcase_add_test(tc, test_roundtrip_classify);
+    tcase_add_test(tc, test_fingerprint);
     tcase_add_test(tc, test_int32_labels_no_classes);
     tcase_add_test(tc, test_volumes_regression_stdin);
     suite_add_tcase(s, tc);

@@ -149,6 +149,7 @@ struct opts {
     unsigned char set[O_END]; /* given on the command line or in the config file */
     unsigned char cmdline[O_END];
     int threads_given;        /* -j on the command line (1) or in the config file (2) */
+    char resume_data[128];    /* the resumed run's training data (its fingerprint) */
 };
 
 static void usage(void)
@@ -591,6 +592,9 @@ static void apply_stored(struct opts *o, int id, const char *v, const char *wher
     apply(o, id, v, where);
 }
 
+/* The state file's record of the training data (emoe_dataset_fingerprint). */
+#define DATA_KEY "run.train_data"
+
 /* Resume: take the run's settings from its state file (those it has). */
 static void settings_from_state(struct opts *o, const char *state_path)
 {
@@ -630,6 +634,9 @@ static void settings_from_state(struct opts *o, const char *state_path)
                                   opt_name(id), have, state_path, key, stored);
         }
     }
+    const char *fp = emoe_safetensors_metadata_get(st, DATA_KEY);
+    if (fp)
+        snprintf(o->resume_data, sizeof o->resume_data, "%s", fp);
     const char *v = emoe_safetensors_metadata_get(st, "option.threads");
     if (v) {
         long n = strtol(v, NULL, 10);
@@ -642,9 +649,10 @@ static void settings_from_state(struct opts *o, const char *state_path)
     emoe_safetensors_close(st);
 }
 
-/* The run's settings for its state file: kv[NSTORED + 1] pointing into text. */
-static size_t settings_for_state(const struct opts *o, struct emoe_kv *kv,
-                                 char (*text)[2][64])
+/* The run's settings for its state file: kv[NSTORED + 1] pointing into text, then
+ * the training data's fingerprint (in data[128]). */
+static size_t settings_for_state(const struct opts *o, const struct emoe_dataset *train,
+                                 struct emoe_kv *kv, char (*text)[2][64], char *data)
 {
     size_t n = 0;
     for (size_t i = 0; i < NSTORED; i++, n++) {
@@ -658,6 +666,9 @@ static size_t settings_for_state(const struct opts *o, struct emoe_kv *kv,
         kv[i].key = text[i][0];
         kv[i].value = text[i][1];
     }
+    emoe_dataset_fingerprint(train, data, 128);
+    kv[n].key = DATA_KEY;
+    kv[n++].value = data;
     return n;
 }
 
@@ -1073,6 +1084,13 @@ int main(int argc, char **argv)
         emoe_tool_fail(&err);
     build_model(&r);
     const char *tname = strcmp(o.data, "-") ? o.data : "<stdin>";
+    if (o.resume_data[0]) {
+        char fp[128];
+        emoe_dataset_fingerprint(r.train, fp, sizeof fp);
+        if (strcmp(fp, o.resume_data) != 0)
+            emoe_tool_die("%s: not the training data of the run being resumed (%s; %s has "
+                          "%s)", tname, fp, r.state_path, o.resume_data);
+    }
     if (emoe_train_check_data(r.m, r.train, tname, &err))
         emoe_tool_fail(&err);
     if (r.val && emoe_train_check_data(r.m, r.val, strcmp(o.val, "-") ? o.val : "<stdin>", &err))
@@ -1137,10 +1155,10 @@ int main(int argc, char **argv)
     }
     to->meta = kv;
     to->nmeta = nmm;
-    struct emoe_kv skv[NSTORED + 1];
-    char stext[NSTORED + 1][2][64];
+    struct emoe_kv skv[NSTORED + 2];
+    char stext[NSTORED + 1][2][64], sdata[128];
     to->state_meta = skv;
-    to->nstate_meta = settings_for_state(&o, skv, stext);
+    to->nstate_meta = settings_for_state(&o, r.train, skv, stext, sdata);
 
     if (o.log) {
         if (strcmp(o.log, "-") == 0) {

@@ -130,6 +130,12 @@ check "resume --epochs 7: 20 more steps" grep -q '"type":"save","step":140,' "$T
 run emoe-train --resume "$T/x.safetensors" -d "$T/tr.npz" -j 2 --epochs 8
 check "resume -j 2 (another thread count): exits 0" status_is 0
 check "resume -j 2: warns" stderr_has "-j 2 differs from the 1 threads of the run being resumed"
+# other training data than the run's: an error naming both, nothing written
+cp "$T/x.safetensors" "$T/x.before"
+run emoe-train --resume "$T/x.safetensors" -d "$T/va.npz"
+check "resume on other data: exits 1" status_is 1
+check "resume on other data: says so" stderr_has "^emoe-train: .*va.npz: not the training data of the run being resumed (.* x u8\\[.*\\], crc32 [0-9a-f]*; .*x.safetensors.state has "
+check "resume on other data: model unchanged" cmp -s "$T/x.safetensors" "$T/x.before"
 # the state written but the model not yet (killed inside the first save): say so
 mkdir -p "$T/first"
 cp "$T/x.safetensors.state" "$T/first/m.safetensors.state"
