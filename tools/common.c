@@ -184,6 +184,19 @@ void emoe_progress_update(struct emoe_progress *p, uint64_t done, const char *ex
             extra ? extra : "", extra ? " " : "", (int)left / 60, (int)left % 60);
 }
 
+void emoe_progress_note(struct emoe_progress *p, const char *fmt, ...)
+{
+    if (!p->enabled)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "\r\033[K");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    p->last = 0; /* redraw the bar at the next update */
+}
+
 void emoe_progress_end(struct emoe_progress *p)
 {
     if (p->enabled)

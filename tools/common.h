@@ -64,6 +64,10 @@ void emoe_progress_start(struct emoe_progress *p, const char *label, uint64_t to
 /* extra: optional text shown after the bar (may be NULL). */
 void emoe_progress_update(struct emoe_progress *p, uint64_t done, const char *extra);
 void emoe_progress_end(struct emoe_progress *p);
+/* A line printed above the bar (only when the bar is shown); the bar is redrawn at
+ * the next update. */
+void emoe_progress_note(struct emoe_progress *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 double emoe_tool_now(void); /* monotonic seconds */
 

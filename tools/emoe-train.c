@@ -981,6 +981,16 @@ static void on_event(void *ctx, const struct emoe_train_event *ev)
         emoe_progress_update(&r->prog, (uint64_t)ev->step, extra);
         return;
     }
+    if (ev->kind == EMOE_TRAIN_EVAL) {
+        if (regress)
+            emoe_progress_note(&r->prog, "epoch %d: validation MAE %.4g, loss %.4f%s",
+                               ev->epoch, ev->val.mae, ev->val.loss,
+                               ev->is_best ? " (best)" : "");
+        else
+            emoe_progress_note(&r->prog, "epoch %d: validation top-1 %.2f%%, top-5 %.2f%%, "
+                               "loss %.4f%s", ev->epoch, 100 * ev->val.top1,
+                               100 * ev->val.top5, ev->val.loss, ev->is_best ? " (best)" : "");
+    }
     if (!r->log)
         return;
     struct emoe_json_out *j = &r->json;
