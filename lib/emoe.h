@@ -547,6 +547,16 @@ void emoe_gelu_backward(float *dx,       /* [n] */
                         const float *dy, /* [n] */
                         const float *x,  /* [n] the forward's input */
                         size_t n);
+/* y = gelu(x) and g = gelu'(x) in one pass (a backward that recomputes the forward);
+ * then emoe_gelu_backward_mul sets dx = dy g (overwrites, for dx not yet zeroed). */
+void emoe_gelu_forward_grad(float *y,       /* [n] */
+                            float *g,       /* [n] */
+                            const float *x, /* [n] */
+                            size_t n);
+void emoe_gelu_backward_mul(float *dx,       /* [n] */
+                            const float *dy, /* [n] */
+                            const float *g,  /* [n] from emoe_gelu_forward_grad */
+                            size_t n);
 
 /*
  * Multi-head self-attention core (attention is the only layer that mixes

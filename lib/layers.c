@@ -54,9 +54,53 @@ static void run(size_t nitems, size_t total_elems, emoe_parallel_fn fn, void *ct
  */
 #define COLS 64
 
+#ifdef EMOE_NN_AVX2
+/* The full 64-column block with the sums in eight registers (the array version
+ * keeps them in memory, one store-to-load round trip per row); same additions in
+ * the same order, so the same bits. */
+EMOE_NN_AVX2_FN void column_block_sum64_avx2(float *out, const float *src, size_t nrows,
+                                             size_t stride)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0;
+    __m256 a7 = a0;
+    for (size_t i = 0; i < nrows; i++) {
+        const float *row = src + i * stride;
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(row));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(row + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(row + 16));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(row + 24));
+        a4 = _mm256_add_ps(a4, _mm256_loadu_ps(row + 32));
+        a5 = _mm256_add_ps(a5, _mm256_loadu_ps(row + 40));
+        a6 = _mm256_add_ps(a6, _mm256_loadu_ps(row + 48));
+        a7 = _mm256_add_ps(a7, _mm256_loadu_ps(row + 56));
+    }
+    __m256 acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+    for (int k = 0; k < 8; k++)
+        _mm256_storeu_ps(out + 8 * k, _mm256_add_ps(_mm256_loadu_ps(out + 8 * k), acc[k]));
+}
+#endif
+
+/* The AVX2 + FMA kernels of nnmath.h and of this file are used when the CPU has
+ * them and EMOE_NN_GENERIC (tests: the portable code) is unset or "0". */
+static int use_avx2(void)
+{
+#ifdef EMOE_NN_AVX2
+    const char *g = getenv("EMOE_NN_GENERIC");
+    return emoe_nn_have_avx2() && !(g && *g && strcmp(g, "0") != 0);
+#else
+    return 0;
+#endif
+}
+
 static void column_block_sum(float *out, const float *src, size_t nrows, size_t stride,
                              size_t ncols)
 {
+#ifdef EMOE_NN_AVX2
+    if (ncols == COLS && use_avx2()) {
+        column_block_sum64_avx2(out, src, nrows, stride);
+        return;
+    }
+#endif
     float acc[COLS] = {0};
     if (ncols == COLS) {
         for (size_t i = 0; i < nrows; i++) {
@@ -150,13 +194,117 @@ struct ln_ctx {
     float *y, *mean, *rstd, *dx, *dw, *db;
     const float *x, *w, *b, *dy, *cmean, *crstd;
     size_t n, d, rows;
+    int avx2; /* rows of a multiple of 8 through the AVX2 + FMA kernels */
 };
+
+#ifdef EMOE_NN_AVX2
+/* The sum of the 8 lanes, in a fixed order. */
+EMOE_NN_AVX2_FN float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* LayerNorm rows r0..r1 of width d (a multiple of 8): lane-wise partial sums. */
+EMOE_NN_AVX2_FN void ln_forward_rows_avx2(struct ln_ctx *c, size_t r0, size_t r1)
+{
+    size_t d = c->d;
+    for (size_t i = r0; i < r1; i++) {
+        const float *x = c->x + i * d;
+        float *y = c->y + i * d;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+        size_t j = 0;
+        for (; j + 16 <= d; j += 16) {
+            s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + j));
+            s1 = _mm256_add_ps(s1, _mm256_loadu_ps(x + j + 8));
+        }
+        if (j < d)
+            s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + j));
+        float m = hsum8(_mm256_add_ps(s0, s1)) / (float)d;
+        __m256 vm = _mm256_set1_ps(m);
+        s0 = s1 = _mm256_setzero_ps();
+        for (j = 0; j + 16 <= d; j += 16) {
+            __m256 t0 = _mm256_sub_ps(_mm256_loadu_ps(x + j), vm);
+            __m256 t1 = _mm256_sub_ps(_mm256_loadu_ps(x + j + 8), vm);
+            s0 = _mm256_fmadd_ps(t0, t0, s0);
+            s1 = _mm256_fmadd_ps(t1, t1, s1);
+        }
+        if (j < d) {
+            __m256 t0 = _mm256_sub_ps(_mm256_loadu_ps(x + j), vm);
+            s0 = _mm256_fmadd_ps(t0, t0, s0);
+        }
+        float v = hsum8(_mm256_add_ps(s0, s1)) / (float)d;
+        float r = 1.0f / sqrtf(v + EMOE_LN_EPS);
+        __m256 vr = _mm256_set1_ps(r);
+        for (j = 0; j < d; j += 8) {
+            __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm), vr);
+            _mm256_storeu_ps(y + j, _mm256_fmadd_ps(xh, _mm256_loadu_ps(c->w + j),
+                                                    _mm256_loadu_ps(c->b + j)));
+        }
+        c->mean[i] = m;
+        c->rstd[i] = r;
+    }
+}
+
+/* dx rows r0..r1 as ln_backward_dx_item, width a multiple of 8. */
+EMOE_NN_AVX2_FN void ln_backward_dx_rows_avx2(struct ln_ctx *c, size_t r0, size_t r1)
+{
+    size_t d = c->d;
+    const float *w = c->w;
+    for (size_t i = r0; i < r1; i++) {
+        const float *x = c->x + i * d, *dy = c->dy + i * d;
+        float *dx = c->dx + i * d;
+        __m256 vm = _mm256_set1_ps(c->cmean[i]), vr = _mm256_set1_ps(c->crstd[i]);
+        __m256 sg = _mm256_setzero_ps(), sgx = sg;
+        for (size_t j = 0; j < d; j += 8) {
+            __m256 g = _mm256_mul_ps(_mm256_loadu_ps(dy + j), _mm256_loadu_ps(w + j));
+            __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm), vr);
+            sg = _mm256_add_ps(sg, g);
+            sgx = _mm256_fmadd_ps(g, xh, sgx);
+        }
+        __m256 msg = _mm256_set1_ps(hsum8(sg) / (float)d);
+        __m256 msgx = _mm256_set1_ps(hsum8(sgx) / (float)d);
+        for (size_t j = 0; j < d; j += 8) {
+            __m256 g = _mm256_mul_ps(_mm256_loadu_ps(dy + j), _mm256_loadu_ps(w + j));
+            __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm), vr);
+            __m256 t = _mm256_fnmadd_ps(xh, msgx, _mm256_sub_ps(g, msg));
+            _mm256_storeu_ps(dx + j, _mm256_fmadd_ps(t, vr, _mm256_loadu_ps(dx + j)));
+        }
+    }
+}
+
+/* dw over a 64-column block, the sums in registers (rows in order). */
+EMOE_NN_AVX2_FN void ln_dw_block64_avx2(float *dw, const struct ln_ctx *c, size_t c0)
+{
+    __m256 acc[8];
+    for (int k = 0; k < 8; k++)
+        acc[k] = _mm256_setzero_ps();
+    for (size_t i = 0; i < c->n; i++) {
+        const float *x = c->x + i * c->d + c0, *dy = c->dy + i * c->d + c0;
+        __m256 vm = _mm256_set1_ps(c->cmean[i]), vr = _mm256_set1_ps(c->crstd[i]);
+        for (int k = 0; k < 8; k++) {
+            __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + 8 * k), vm), vr);
+            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(dy + 8 * k), xh, acc[k]);
+        }
+    }
+    for (int k = 0; k < 8; k++)
+        _mm256_storeu_ps(dw + 8 * k, _mm256_add_ps(_mm256_loadu_ps(dw + 8 * k), acc[k]));
+}
+#endif
 
 static void ln_forward_item(void *vctx, size_t item)
 {
     struct ln_ctx *c = vctx;
     size_t r0 = item * c->rows, r1 = r0 + c->rows < c->n ? r0 + c->rows : c->n;
     size_t d = c->d;
+#ifdef EMOE_NN_AVX2
+    if (c->avx2) {
+        ln_forward_rows_avx2(c, r0, r1);
+        return;
+    }
+#endif
     for (size_t i = r0; i < r1; i++) {
         const float *x = c->x + i * d;
         float *y = c->y + i * d;
@@ -193,6 +341,7 @@ void emoe_layernorm_forward(float *y, float *mean, float *rstd, const float *x,
     c.n = (size_t)N;
     c.d = (size_t)D;
     c.rows = rows_per_chunk(c.d);
+    c.avx2 = D % 8 == 0 && use_avx2();
     run((c.n + c.rows - 1) / c.rows, c.n * c.d, ln_forward_item, &c);
 }
 
@@ -203,6 +352,12 @@ static void ln_backward_dx_item(void *vctx, size_t item)
     size_t r0 = item * c->rows, r1 = r0 + c->rows < c->n ? r0 + c->rows : c->n;
     size_t d = c->d;
     const float *w = c->w;
+#ifdef EMOE_NN_AVX2
+    if (c->avx2) {
+        ln_backward_dx_rows_avx2(c, r0, r1);
+        return;
+    }
+#endif
     for (size_t i = r0; i < r1; i++) {
         const float *x = c->x + i * d, *dy = c->dy + i * d;
         float *dx = c->dx + i * d;
@@ -231,6 +386,12 @@ static void ln_backward_dw_item(void *vctx, size_t item)
         column_block_sum(c->db + c0, c->dy + c0, c->n, d, nc);
     if (!c->dw)
         return;
+#ifdef EMOE_NN_AVX2
+    if (c->avx2 && nc == COLS) {
+        ln_dw_block64_avx2(c->dw + c0, c, c0);
+        return;
+    }
+#endif
     float acc[COLS] = {0};
     for (size_t i = 0; i < c->n; i++) {
         const float *x = c->x + i * d + c0, *dy = c->dy + i * d + c0;
@@ -265,6 +426,7 @@ void emoe_layernorm_backward(float *dx, float *dw, float *db, const float *dy, c
     c.n = (size_t)N;
     c.d = (size_t)D;
     c.rows = rows_per_chunk(c.d);
+    c.avx2 = D % 8 == 0 && use_avx2();
     if (dx)
         run((c.n + c.rows - 1) / c.rows, c.n * c.d, ln_backward_dx_item, &c);
     if (dw || db)
@@ -274,7 +436,7 @@ void emoe_layernorm_backward(float *dx, float *dw, float *db, const float *dy, c
 /* -------------------------------------------------------------------- GELU */
 
 struct gelu_ctx {
-    float *out;
+    float *out, *g; /* g: emoe_gelu_forward_grad's derivative */
     const float *x, *dy;
     size_t n;
     int avx2; /* use the AVX2 + FMA kernels */
@@ -335,16 +497,6 @@ EMOE_NN_AVX2_FN void gelu_backward_avx2(float *dx, const float *dy, const float 
     }
 }
 #endif
-
-static int gelu_use_avx2(void)
-{
-#ifdef EMOE_NN_AVX2
-    const char *g = getenv("EMOE_NN_GENERIC");
-    return emoe_nn_have_avx2() && !(g && *g && strcmp(g, "0") != 0);
-#else
-    return 0;
-#endif
-}
 
 static void gelu_forward_item(void *vctx, size_t item)
 {
@@ -416,16 +568,94 @@ static void gelu_backward_item(void *vctx, size_t item)
 #endif
 }
 
+#ifdef EMOE_NN_AVX2
+/* y = x Phi(x), g = Phi(x) + x phi(x) */
+EMOE_NN_AVX2_FN void gelu_forward_grad_avx2(float *y, float *g, const float *x, size_t n)
+{
+    size_t i = 0;
+    __m256 e;
+    const __m256 c = _mm256_set1_ps(INV_SQRT_2PI);
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i), cdf = emoe_nn_phi8(v, &e);
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(v, cdf));
+        _mm256_storeu_ps(g + i, _mm256_fmadd_ps(_mm256_mul_ps(v, c), e, cdf));
+    }
+    if (i < n) {
+        float bx[8] = {0}, by[8], bg[8];
+        memcpy(bx, x + i, (n - i) * sizeof *bx);
+        __m256 v = _mm256_loadu_ps(bx), cdf = emoe_nn_phi8(v, &e);
+        _mm256_storeu_ps(by, _mm256_mul_ps(v, cdf));
+        _mm256_storeu_ps(bg, _mm256_fmadd_ps(_mm256_mul_ps(v, c), e, cdf));
+        memcpy(y + i, by, (n - i) * sizeof *by);
+        memcpy(g + i, bg, (n - i) * sizeof *bg);
+    }
+}
+#endif
+
+/* For emoe_gelu_forward_grad: out = y. */
+static void gelu_forward_grad_item(void *vctx, size_t item)
+{
+    struct gelu_ctx *c = vctx;
+    size_t i = item * CHUNK_ELEMS, i1 = i + CHUNK_ELEMS < c->n ? i + CHUNK_ELEMS : c->n;
+    float *g = c->g;
+#ifdef EMOE_NN_AVX2
+    if (c->avx2) {
+        gelu_forward_grad_avx2(c->out + i, g + i, c->x + i, i1 - i);
+        return;
+    }
+#endif
+#ifdef EMOE_NN_VECTOR
+    for (; i + 4 <= i1; i += 4) {
+        emoe_v4f x = emoe_nn_load(c->x + i);
+        emoe_nn_store(g + i, gelu_grad4(x));
+        emoe_nn_store(c->out + i, 0.5f * x * (1.0f + emoe_nn_erf4(x * INV_SQRT2)));
+    }
+    if (i < i1) {
+        emoe_v4f x = emoe_nn_load_tail(c->x + i, i1 - i);
+        emoe_nn_store_tail(g + i, gelu_grad4(x), i1 - i);
+        emoe_nn_store_tail(c->out + i, 0.5f * x * (1.0f + emoe_nn_erf4(x * INV_SQRT2)), i1 - i);
+    }
+#else
+    for (; i < i1; i++) {
+        float x = c->x[i];
+        float cdf = 0.5f * (1.0f + erff(x * INV_SQRT2));
+        g[i] = cdf + x * INV_SQRT_2PI * expf(-0.5f * x * x);
+        c->out[i] = x * cdf;
+    }
+#endif
+}
+
+/* For emoe_gelu_backward_mul: out = dx, dy = dy, x = g. */
+static void gelu_mul_item(void *vctx, size_t item)
+{
+    struct gelu_ctx *c = vctx;
+    size_t i = item * CHUNK_ELEMS, i1 = i + CHUNK_ELEMS < c->n ? i + CHUNK_ELEMS : c->n;
+    for (; i < i1; i++)
+        c->out[i] = c->dy[i] * c->x[i];
+}
+
 void emoe_gelu_forward(float *y, const float *x, size_t n)
 {
-    struct gelu_ctx c = {y, x, NULL, n, gelu_use_avx2()};
+    struct gelu_ctx c = {y, NULL, x, NULL, n, use_avx2()};
     run((n + CHUNK_ELEMS - 1) / CHUNK_ELEMS, n, gelu_forward_item, &c);
 }
 
 void emoe_gelu_backward(float *dx, const float *dy, const float *x, size_t n)
 {
-    struct gelu_ctx c = {dx, x, dy, n, gelu_use_avx2()};
+    struct gelu_ctx c = {dx, NULL, x, dy, n, use_avx2()};
     run((n + CHUNK_ELEMS - 1) / CHUNK_ELEMS, n, gelu_backward_item, &c);
+}
+
+void emoe_gelu_forward_grad(float *y, float *g, const float *x, size_t n)
+{
+    struct gelu_ctx c = {y, g, x, NULL, n, use_avx2()};
+    run((n + CHUNK_ELEMS - 1) / CHUNK_ELEMS, n, gelu_forward_grad_item, &c);
+}
+
+void emoe_gelu_backward_mul(float *dx, const float *dy, const float *g, size_t n)
+{
+    struct gelu_ctx c = {dx, NULL, g, dy, n, 0};
+    run((n + CHUNK_ELEMS - 1) / CHUNK_ELEMS, n, gelu_mul_item, &c);
 }
 
 /* --------------------------------------------------------- patch embedding */

@@ -72,6 +72,7 @@ struct emoe_model {
     int fwd_from;        /* save_from of the last training forward */
     int B, last_train;   /* of the last forward */
     float *img, *cols, *patch, **X, *tmp4, *d4, *dD, *dx, *ascr;
+    float *ggel; /* training: gelu'(fc1 output) of the block being backpropagated */
     float *clsx, *mf, *rf, *feat, *logits, *dlogits, *dfeat, *dcls;
     struct bact *ba; /* depth sets in training, 1 in evaluation */
 };
@@ -645,7 +646,7 @@ int emoe_model_reserve(struct emoe_model *m, int B, int train, struct emoe_error
     size_t per_set = bt * D * 5 + bt * 3 * D + bt * M + b * H * T * T + 4 * bt;
     double total = (double)b * in + (double)b * N * m->KP + (double)b * N * D +
                    (double)nx * bt * D + (double)nsets * per_set + (double)bt * D * 2 +
-                   (double)bt * M * 2 + (double)b * H * T * T + (double)b * D * 5 +
+                   (double)bt * M * (train ? 3 : 2) + (double)b * H * T * T + (double)b * D * 5 +
                    (double)b * 2 + (double)b * K * 2 + 64.0 * 64;
     if (total * sizeof(float) > (double)SIZE_MAX / 2)
         return emoe_error_set(err, EMOE_ERANGE, "model: batch size %d too large", B);
@@ -694,6 +695,7 @@ int emoe_model_reserve(struct emoe_model *m, int B, int train, struct emoe_error
     m->dx = TAKE(bt * D);
     m->tmp4 = TAKE(bt * M);
     m->d4 = TAKE(bt * (M > 3 * D ? M : 3 * D));
+    m->ggel = train ? TAKE(bt * M) : NULL;
     m->ascr = TAKE(b * H * T * T);
     m->clsx = TAKE(b * D);
     m->feat = TAKE(b * D);
@@ -932,11 +934,10 @@ static void block_backward(struct emoe_model *m, const struct block *bk, const s
     int T = m->T, D = m->D, H = m->H, M = m->M, BT = B * T;
     size_t nD = (size_t)BT * D, nM = (size_t)BT * M;
     /* MLP: y = xmid + fc2(gelu(fc1(ln2(xmid)))) */
-    emoe_gelu_forward(m->tmp4, a->h, nM);
+    emoe_gelu_forward_grad(m->tmp4, m->ggel, a->h, nM);
     linear_backward_set(m->d4, g(bk->fc2w), g(bk->fc2b), dx, m->tmp4, bk->fc2w->data, BT, M,
                         D);
-    vzero(m->tmp4, nM);
-    emoe_gelu_backward(m->tmp4, m->d4, a->h, nM);
+    emoe_gelu_backward_mul(m->tmp4, m->d4, m->ggel, nM);
     linear_backward_set(m->dD, g(bk->fc1w), g(bk->fc1b), m->tmp4, a->ln2, bk->fc1w->data, BT,
                         D, M);
     emoe_layernorm_backward(dx, g(bk->n2w), g(bk->n2b), m->dD, a->xmid, bk->n2w->data, a->m2,

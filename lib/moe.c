@@ -790,7 +790,27 @@ struct rows_ctx {
     const float *dy;        /* backward: [N, D] gradient of the output */
     double *dalpha_part;    /* [chunks] */
     float alpha;
+    float *x;               /* forward: [B, T, D] the block output, routed rows replaced */
 };
+
+/* Routed token n of the branch is row (n / Tr) T + first + n % Tr of x [B, T, D]. */
+static size_t token_row(const struct emoe_moe_branch *b, size_t n)
+{
+    size_t Tr = (size_t)(b->T - b->first);
+    return (n / Tr) * (size_t)b->T + (size_t)b->first + n % Tr;
+}
+
+/* h rows of one chunk of tokens from x. */
+static void copy_in_item(void *vctx, size_t item)
+{
+    struct rows_ctx *c = vctx;
+    struct emoe_moe_branch *b = c->b;
+    size_t D = (size_t)b->D, n0 = item * CHUNK_ROWS, n1 = n0 + CHUNK_ROWS;
+    if (n1 > (size_t)b->N)
+        n1 = (size_t)b->N;
+    for (size_t n = n0; n < n1; n++)
+        memcpy(b->h + n * D, c->x + token_row(b, n) * D, D * sizeof(float));
+}
 
 static void gather_item(void *vctx, size_t item)
 {
@@ -803,7 +823,7 @@ static void gather_item(void *vctx, size_t item)
         memcpy(b->xg + r * D, b->h + (size_t)b->row_tok[r] * D, D * sizeof(float));
 }
 
-/* acc_n = sum over n's rows of w * yg. */
+/* acc_n = sum over n's rows of w * yg, and the output row x = h + alpha acc. */
 static void combine_item(void *vctx, size_t item)
 {
     struct rows_ctx *c = vctx;
@@ -811,6 +831,7 @@ static void combine_item(void *vctx, size_t item)
     size_t D = (size_t)b->D, k = (size_t)b->k, n0 = item * CHUNK_ROWS, n1 = n0 + CHUNK_ROWS;
     if (n1 > (size_t)b->N)
         n1 = (size_t)b->N;
+    float alpha = c->alpha;
     for (size_t n = n0; n < n1; n++) {
         float *acc = b->acc + n * D;
         memset(acc, 0, D * sizeof *acc);
@@ -823,6 +844,10 @@ static void combine_item(void *vctx, size_t item)
             for (size_t d = 0; d < D; d++)
                 acc[d] += w * y[d];
         }
+        float *xo = c->x + token_row(b, n) * D;
+        const float *h = b->h + n * D;
+        for (size_t d = 0; d < D; d++)
+            xo[d] = h[d] + alpha * acc[d];
     }
 }
 
@@ -916,9 +941,8 @@ int emoe_moe_branch_forward(struct emoe_moe_branch *b, float *x, int B, int T, i
     b->use_elig = 0;
     b->A = 0;
     size_t Dz = (size_t)D;
-    for (int i = 0; i < B; i++)
-        memcpy(b->h + (size_t)i * Tr * Dz, x + ((size_t)i * T + first) * Dz,
-               (size_t)Tr * Dz * sizeof(float));
+    struct rows_ctx c = {b, NULL, NULL, b->slots[b->slot_alpha].data[0], x};
+    run((N + CHUNK_ROWS - 1) / CHUNK_ROWS, N * Dz, copy_in_item, &c);
     b->extra_loss = 0.0;
     rc = b->ops->forward(b, train, err);
     if (rc)
@@ -937,7 +961,6 @@ int emoe_moe_branch_forward(struct emoe_moe_branch *b, float *x, int B, int T, i
     free(count);
     if (b->ops->after_select)
         b->ops->after_select(b);
-    struct rows_ctx c = {b, NULL, NULL, 0.0f};
     run(((size_t)b->A + CHUNK_ROWS - 1) / CHUNK_ROWS, (size_t)b->A * Dz, gather_item, &c);
     int F = b->F;
     for (int e = 0; e < b->E; e++) {
@@ -950,15 +973,6 @@ int emoe_moe_branch_forward(struct emoe_moe_branch *b, float *x, int B, int T, i
         emoe_linear_forward(b->yg + o * D, gel, b->up_w[e], NULL, (int)ne, F, D);
     }
     run((N + CHUNK_ROWS - 1) / CHUNK_ROWS, N * Dz, combine_item, &c);
-    float alpha = b->slots[b->slot_alpha].data[0];
-    for (int i = 0; i < B; i++)
-        for (int t = 0; t < Tr; t++) {
-            size_t n = (size_t)i * Tr + t;
-            float *xo = x + ((size_t)i * T + first + t) * Dz;
-            const float *h = b->h + n * Dz, *acc = b->acc + n * Dz;
-            for (size_t d = 0; d < Dz; d++)
-                xo[d] = h[d] + alpha * acc[d];
-        }
     if (!isfinite(b->extra_loss))
         return emoe_error_set(err, EMOE_ENUMERIC, "branch %d: extra loss is not finite",
                               b->index);
@@ -991,7 +1005,7 @@ int emoe_moe_branch_backward(struct emoe_moe_branch *b, float *dx, int B, int T,
         memcpy(dy + (size_t)i * Tr * Dz, dx + ((size_t)i * T + first) * Dz,
                (size_t)Tr * Dz * sizeof(float));
     struct moe_slot *sa = &b->slots[b->slot_alpha];
-    struct rows_ctx c = {b, dy, part, sa->data[0]};
+    struct rows_ctx c = {b, dy, part, sa->data[0], NULL};
     run(nchunks, N * Dz, unscatter_item, &c);
     if (sa->grad) {
         double da = 0.0;

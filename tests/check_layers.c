@@ -563,6 +563,16 @@ static void check_gelu_against_double(size_t n)
         ck_assert_msg(fabs(dx[i] - 1.0 - g[i] * grad) <= 2e-6 + 2e-6 * fabs(g[i]),
                       "gelu dx[%zu]", i);
     }
+    /* the fused pass of the model's backward: the same values as forward, and as
+     * backward onto zeros */
+    float *y2 = fconst(n, 0.0f), *gg = fconst(n, 0.0f), *dx0 = fconst(n, 0.0f);
+    float *dx2 = fconst(n, 7.0f);
+    emoe_gelu_forward_grad(y2, gg, x, n);
+    emoe_gelu_backward(dx0, g, x, n);
+    emoe_gelu_backward_mul(dx2, g, gg, n);
+    assert_close(y2, y, n, 0.0, 0.0, "gelu forward_grad y");
+    assert_close(dx2, dx0, n, 0.0, 0.0, "gelu backward_mul");
+    free(y2), free(gg), free(dx0), free(dx2);
     free(x), free(g), free(y), free(dx);
 }
 
