@@ -6,6 +6,7 @@
 #include "common.h"
 
 #include <cblas.h>
+#include <unistd.h>
 
 double bench_sgemm_gflops(int n, int repeat)
 {
@@ -18,6 +19,8 @@ double bench_sgemm_gflops(int n, int repeat)
         a[i] = (float)(i % 7) * 0.1f;
         b[i] = (float)(i % 5) * 0.1f;
     }
+    /* OpenBLAS's own threading with all of emoe's threads (libemoe keeps it at 1) */
+    openblas_set_num_threads(emoe_threads_get());
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
     double best = 0;
     for (int r = 0; r < repeat; r++) {
@@ -28,6 +31,8 @@ double bench_sgemm_gflops(int n, int repeat)
         if (g > best)
             best = g;
     }
+    openblas_set_num_threads(1);
+    usleep(300000); /* OpenBLAS's threads spin for a while after a call: let them sleep */
     emoe_free_aligned(a);
     emoe_free_aligned(b);
     emoe_free_aligned(c);

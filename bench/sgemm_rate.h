@@ -4,8 +4,8 @@
 #ifndef EMOE_BENCH_SGEMM_RATE_H
 #define EMOE_BENCH_SGEMM_RATE_H
 
-/* cblas_sgemm GFLOP/s on n x n x n with the current thread count: one warm-up call,
- * then the best of repeat timed calls. */
+/* cblas_sgemm GFLOP/s on n x n x n, OpenBLAS threaded over emoe_threads_get()
+ * threads: one warm-up call, then the best of repeat timed calls. */
 double bench_sgemm_gflops(int n, int repeat);
 
 #endif

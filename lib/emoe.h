@@ -179,8 +179,10 @@ void emoe_atomic_abort(struct emoe_atomic *a);
 /* ----------------------------------------------------------------- threads */
 
 /*
- * One thread count shared by OpenBLAS and emoe's own loops (-j N).  n <= 0 means
- * the number of CPUs this process may run on.  Returns the count in effect.
+ * One thread count for all of emoe's work (-j N): its own loops and its matrix
+ * products, which it splits over the same threads (OpenBLAS itself is kept at one
+ * thread, so the two never oversubscribe the CPUs).  n <= 0 means the number of
+ * CPUs this process may run on.  Returns the count in effect.
  */
 int emoe_threads_set(int n);
 int emoe_threads_get(void);

@@ -63,7 +63,18 @@ static inline void emoe_store_le64(unsigned char *p, uint64_t v)
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
-/* Number of BLAS threads while inside emoe_parallel_for (1) or outside (all). */
+/* OpenBLAS's own thread count (emoe keeps it at 1: see gemm.c). */
 void emoe_blas_threads_apply(int n);
+/* Nonzero inside a work item of emoe_parallel_for (nested loops run serially). */
+int emoe_in_parallel(void);
+
+/*
+ * C = alpha op(A) op(B) + beta C, row-major, as cblas_sgemm, with the larger
+ * output dimension split over the pool's threads (gemm.c).  Inside a parallel
+ * loop it is a plain single-threaded call.
+ */
+#include <cblas.h>
+void emoe_sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+                const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 #endif

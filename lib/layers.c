@@ -169,7 +169,7 @@ void emoe_linear_forward(float *y, const float *x, const float *w, const float *
             memset(y, 0, (size_t)N * Dout * sizeof *y);
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, Dout, Din, 1.0f, x, Din, w, Din,
+    emoe_sgemm(CblasNoTrans, CblasTrans, N, Dout, Din, 1.0f, x, Din, w, Din,
                 b ? 1.0f : 0.0f, y, Dout);
 }
 
@@ -179,10 +179,10 @@ void emoe_linear_backward(float *dx, float *dw, float *db, const float *dy, cons
     if (N <= 0 || Dout <= 0)
         return;
     if (dx && Din > 0) /* dx [N,Din] += dy [N,Dout] W [Dout,Din] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, Din, Dout, 1.0f, dy, Dout, w,
+        emoe_sgemm(CblasNoTrans, CblasNoTrans, N, Din, Dout, 1.0f, dy, Dout, w,
                     Din, 1.0f, dx, Din);
     if (dw && Din > 0) /* dw [Dout,Din] += dy^T [Dout,N] x [N,Din] */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Dout, Din, N, 1.0f, dy, Dout, x,
+        emoe_sgemm(CblasTrans, CblasNoTrans, Dout, Din, N, 1.0f, dy, Dout, x,
                     Din, 1.0f, dw, Din);
     if (db)
         column_sums_add(db, dy, (size_t)N, (size_t)Dout);

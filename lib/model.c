@@ -773,7 +773,7 @@ static void linear_residual(float *y, const float *x, const float *w, const floa
                             const float *r, int N, int Din, int Dout)
 {
     add_rows(y, r, b, (size_t)N, (size_t)Dout);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, Dout, Din, 1.0f, x, Din, w, Din,
+    emoe_sgemm(CblasNoTrans, CblasTrans, N, Dout, Din, 1.0f, x, Din, w, Din,
                 1.0f, y, Dout);
 }
 
@@ -783,7 +783,7 @@ static void linear_backward_set(float *dx, float *dw, float *db, const float *dy
                                 const float *x, const float *w, int N, int Din, int Dout)
 {
     if (dx)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, Din, Dout, 1.0f, dy, Dout, w,
+        emoe_sgemm(CblasNoTrans, CblasNoTrans, N, Din, Dout, 1.0f, dy, Dout, w,
                     Din, 0.0f, dx, Din);
     emoe_linear_backward(NULL, dw, db, dy, x, w, N, Din, Dout);
 }

@@ -324,7 +324,7 @@ int moe_qr_retract(float *q, int M, int R, int sign_fix, struct emoe_error *err)
 double moe_ortho_penalty(const float *q, float *grad, float scale, int M, int R, float *gram)
 {
     /* gram = Q^T Q - I [R, R]; penalty ||gram||_F^2; d/dQ = 4 Q gram. */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, R, M, 1.0f, q, R, q, R, 0.0f,
+    emoe_sgemm(CblasTrans, CblasNoTrans, R, R, M, 1.0f, q, R, q, R, 0.0f,
                 gram, R);
     double s = 0.0;
     for (int i = 0; i < R; i++) {
@@ -335,7 +335,7 @@ double moe_ortho_penalty(const float *q, float *grad, float scale, int M, int R,
         }
     }
     if (grad && scale != 0.0f)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, R, R, 4.0f * scale, q, R,
+        emoe_sgemm(CblasNoTrans, CblasNoTrans, M, R, R, 4.0f * scale, q, R,
                     gram, R, 1.0f, grad, R);
     return s;
 }

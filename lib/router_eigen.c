@@ -111,7 +111,7 @@ static int eigen_forward(struct emoe_moe_branch *b, int train, struct emoe_error
         s->cap = (size_t)N;
     }
     if (N > 0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, D, 1.0f, b->h, D,
+        emoe_sgemm(CblasNoTrans, CblasNoTrans, N, r, D, 1.0f, b->h, D,
                     s->q->data, r, 0.0f, s->z, r);
     for (int n = 0; n < N; n++) {
         const float *z = s->z + (size_t)n * r;
@@ -145,7 +145,7 @@ static int eigen_forward(struct emoe_moe_branch *b, int train, struct emoe_error
     for (int n = 0; n < N; n++)
         memcpy(b->p + (size_t)n * E, s->bias->data, (size_t)E * sizeof(float));
     if (N > 0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, E, r, 1.0f, s->en, r, s->g, r,
+        emoe_sgemm(CblasNoTrans, CblasTrans, N, E, r, 1.0f, s->en, r, s->g, r,
                     1.0f, b->p, E);
     moe_softmax_rows(b->p, b->p, N, E, 1.0f / b->cfg.tau);
     double pen = moe_ortho_penalty(s->q->data, NULL, 0.0f, D, r, s->gram) +
@@ -176,7 +176,7 @@ static int eigen_backward(struct emoe_moe_branch *b, float *dp, float *dh,
                 s->bias->grad[e] += dp[(size_t)n * E + e];
     if (N > 0 && (s->gamma->grad || s->masks->grad)) {
         /* dg [E, r] = dlogits^T en */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, E, r, N, 1.0f, dp, E, s->en, r,
+        emoe_sgemm(CblasTrans, CblasNoTrans, E, r, N, 1.0f, dp, E, s->en, r,
                     0.0f, s->dg, r);
         for (int j = 0; j < r; j++) {
             float dgam = 0.0f, dot = 0.0f;
@@ -200,7 +200,7 @@ static int eigen_backward(struct emoe_moe_branch *b, float *dp, float *dh,
         float *den = malloc((size_t)N * r * sizeof *den);
         if (!den)
             return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, E, 1.0f, dp, E, s->g, r,
+        emoe_sgemm(CblasNoTrans, CblasNoTrans, N, r, E, 1.0f, dp, E, s->g, r,
                     0.0f, den, r);
         for (int n = 0; n < N; n++) {
             float *z = s->z + (size_t)n * r;
@@ -214,10 +214,10 @@ static int eigen_backward(struct emoe_moe_branch *b, float *dp, float *dh,
         }
         free(den);
         if (s->q->grad) /* dQ [D, r] += h^T dz */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, r, N, 1.0f, b->h, D, s->z,
+            emoe_sgemm(CblasTrans, CblasNoTrans, D, r, N, 1.0f, b->h, D, s->z,
                         r, 1.0f, s->q->grad, r);
         /* dh [N, D] += dz Q^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, D, r, 1.0f, s->z, r,
+        emoe_sgemm(CblasNoTrans, CblasTrans, N, D, r, 1.0f, s->z, r,
                     s->q->data, r, 1.0f, dh, D);
     }
     float lam = b->cfg.lambda_ortho;

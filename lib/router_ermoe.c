@@ -132,7 +132,7 @@ static int ermoe_forward(struct emoe_moe_branch *b, int train, struct emoe_error
                 wd[(size_t)j * D + i] = sc[j] * B[(size_t)i * r + j];
         pen += moe_ortho_penalty(B, NULL, 0.0f, D, r, s->gram);
         if (N > 0)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, D, 1.0f, b->h, D, B, r,
+            emoe_sgemm(CblasNoTrans, CblasNoTrans, N, r, D, 1.0f, b->h, D, B, r,
                         0.0f, s->a + (size_t)e * N * r, r);
     }
     memset(s->dwd, 0, (size_t)E * r * D * sizeof(float));
@@ -223,9 +223,9 @@ static int ermoe_backward(struct emoe_moe_branch *b, float *dp, float *dh,
         }
         float *B = s->basis[e]->data;
         if (s->basis[e]->grad)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, r, N, 1.0f, b->h, D, s->da,
+            emoe_sgemm(CblasTrans, CblasNoTrans, D, r, N, 1.0f, b->h, D, s->da,
                         r, 1.0f, s->basis[e]->grad, r);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, D, r, 1.0f, s->da, r, B, r,
+        emoe_sgemm(CblasNoTrans, CblasTrans, N, D, r, 1.0f, s->da, r, B, r,
                     1.0f, dh, D);
         if (b->cfg.lambda_ortho != 0.0f && s->basis[e]->grad)
             moe_ortho_penalty(B, s->basis[e]->grad, b->cfg.lambda_ortho, D, r, s->gram);

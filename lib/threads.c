@@ -3,9 +3,9 @@
  * small persistent thread pool for emoe_parallel_for, and the choice of the
  * OpenBLAS kernel.
  *
- * Oversubscription: inside emoe_parallel_for each worker calls BLAS with one
- * thread (OpenBLAS's pthread build then runs the call in the calling thread);
- * outside it BLAS gets all N threads.
+ * OpenBLAS always runs with one thread (its pthread build then runs each call in
+ * the calling thread); large matrix products are split over this pool instead
+ * (gemm.c), so OpenBLAS's spinning worker threads never compete with our loops.
  */
 #define _GNU_SOURCE
 #include "config.h"
@@ -48,7 +48,7 @@ int emoe_threads_set(int n)
     if (n > MAX_THREADS)
         n = MAX_THREADS;
     g_threads = n;
-    emoe_blas_threads_apply(n);
+    emoe_blas_threads_apply(1);
     return n;
 }
 
@@ -117,8 +117,6 @@ void emoe_parallel_for(size_t n, emoe_parallel_fn fn, void *ctx)
         return;
     }
     int want = (size_t)t < n ? t - 1 : (int)n - 1; /* workers besides this thread */
-    /* one BLAS thread before any worker can start an item that calls BLAS */
-    emoe_blas_threads_apply(1);
     pthread_mutex_lock(&P.mu);
     while (P.nworkers < want) {
         pthread_t th;
@@ -147,7 +145,11 @@ void emoe_parallel_for(size_t n, emoe_parallel_fn fn, void *ctx)
     while (P.running > 0)
         pthread_cond_wait(&P.done, &P.mu);
     pthread_mutex_unlock(&P.mu);
-    emoe_blas_threads_apply(t);
+}
+
+int emoe_in_parallel(void)
+{
+    return in_parallel;
 }
 
 /* ------------------------------------------------------- BLAS kernel */
