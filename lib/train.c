@@ -390,7 +390,16 @@ static int read_state(struct trainer *t, struct emoe_error *err)
     struct emoe_safetensors *st;
     if ((rc = emoe_safetensors_open(path, &st, err)))
         return rc;
-    size_t np = emoe_model_param_count(t->m);
+    size_t np = emoe_model_param_count(t->m), ntrain = 0, nstate = 0;
+    /* the state holds the weights that trained: exactly the model's trainable ones
+     * (another set would continue a different run) */
+    for (size_t i = 0; i < np; i++)
+        ntrain += emoe_model_param_at(t->m, i)->grad != NULL;
+    for (size_t i = 0; i < emoe_safetensors_count(st); i++)
+        nstate += strncmp(emoe_safetensors_name(st, i), "param.", 6) == 0;
+    if (nstate != ntrain)
+        rc = emoe_error_set(err, EMOE_EINVAL, "%s: the run trained %zu weight tensors, the "
+                            "model being resumed trains %zu", path, nstate, ntrain);
     /* check all first, then copy: all or nothing */
     for (int pass = 0; pass < 2 && !rc; pass++)
         for (size_t i = 0; i < np && !rc; i++) {

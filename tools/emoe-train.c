@@ -853,6 +853,29 @@ static void config_from_options(struct run *r)
         emoe_tool_usage_error("the model does not fit the data %s: %s", o->data, err.msg);
 }
 
+/* Resume of a --freeze-backbone run: the backbone weights that trained in the first
+ * run (a new head, when the starting checkpoint's was left out) are those whose
+ * weights the state holds ("param.vit.*"); the resumed run trains them too. */
+static void unfreeze_from_state(struct run *r)
+{
+    struct emoe_safetensors *st;
+    struct emoe_error err = {0};
+    if (emoe_safetensors_open(r->state_path, &st, &err))
+        emoe_tool_fail(&err);
+    size_t nt = emoe_safetensors_count(st);
+    for (size_t i = 0; i < nt; i++) {
+        const char *name = emoe_safetensors_name(st, i);
+        size_t n = 0;
+        if (strncmp(name, "param.vit.", 10) != 0)
+            continue;
+        if (emoe_model_set_trainable(r->m, name + 6, 1, &n, &err)) {
+            emoe_safetensors_close(st);
+            emoe_tool_fail(&err);
+        }
+    }
+    emoe_safetensors_close(st);
+}
+
 static void build_model(struct run *r)
 {
     struct opts *o = r->o;
@@ -912,6 +935,8 @@ static void build_model(struct run *r)
             emoe_tool_fail(&err);
         if (!head_loaded && emoe_model_set_trainable(r->m, "vit.head.*", 1, &n, &err))
             emoe_tool_fail(&err);
+        if (o->resume)
+            unfreeze_from_state(r);
         if (emoe_model_trainable_numel(r->m) == 0)
             emoe_tool_usage_error("--freeze-backbone with --router none leaves nothing to train");
     }

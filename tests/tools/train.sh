@@ -150,9 +150,11 @@ run emoe-train -d "$T/tr.npz" -o "$T/nan/m.safetensors" "${tiny[@]}" --lr 1e9 --
 check "--lr 1e9: exits 1" status_is 1
 check "--lr 1e9: names the step and the term" stderr_has "^emoe-train: step [0-9]*: .* is not finite; stopped"
 check "--lr 1e9: no temporary left" only_files "$T/nan" m.safetensors m.safetensors.state
-if [ -x "$TOOLS/emoe-info" ] && [ -e "$T/nan/m.safetensors" ]; then
+check "--lr 1e9: the checkpoint of step 1 is there" test -s "$T/nan/m.safetensors"
+if [ -x "$TOOLS/emoe-info" ]; then
     run emoe-info "$T/nan/m.safetensors"
     check "--lr 1e9: last checkpoint readable" status_is 0
+    check "--lr 1e9: it is the last good step's" stdout_has "train.step = [1-9]"
 fi
 
 # --- config file equals the command line (command line wins)
@@ -220,6 +222,83 @@ fi
 run emoe-train -d "$T/small.npz" -o "$T/fs2.safetensors" --init "$T/sd.safetensors" \
     --embed-dim 32 --depth 2 --heads 2 --mlp-ratio 2 --epochs 1 --experts 8
 check "--init reference state_dict + contradicting --experts: exits 2" status_is 2
+
+# --- the committed fixtures: timm-named backbone weights and the same weights as a
+# Google ViT .npz (D 16, depth 2, 8x8 images, 5 classes) on 16x16 data with 8 classes:
+# the position embedding is resampled, the head left out and trained
+if [ -n "$FIXTURES" ] && [ -r "$FIXTURES/model_tiny2d_timm.safetensors" ]; then
+    mkdir -p "$T/fx"
+    fx=(-d "$T/tr.npz" --freeze-backbone --embed-dim 16 --depth 2 --heads 2 --patch 4
+        --experts 4 --rank 8 --bottleneck 16 --moe-blocks all --batch 16 --lr 3e-3
+        --schedule constant --no-augment -j 1)
+    run emoe-train "${fx[@]}" --max-steps 20 --init "$FIXTURES/model_tiny2d_timm.safetensors" \
+        -o "$T/fx/timm.safetensors"
+    check "--init timm fixture: exits 0" status_is 0
+    run emoe-train "${fx[@]}" --max-steps 20 --init "$FIXTURES/model_tiny2d_google.npz" \
+        -o "$T/fx/google.safetensors"
+    check "--init Google .npz fixture: exits 0" status_is 0
+    check "--init Google .npz: same bytes as from the timm file of the same weights" \
+        cmp -s "$T/fx/timm.safetensors" "$T/fx/google.safetensors"
+    stats() { "$TOOLS/emoe-info" --tsv --stats "$1" | grep -F "	$2	" | cut -f3-; }
+    if [ -x "$TOOLS/emoe-info" ]; then
+        check "--init timm + --freeze-backbone: qkv unchanged" cmp -s \
+            <(stats "$FIXTURES/model_tiny2d_timm.safetensors" blocks.1.attn.qkv.weight) \
+            <(stats "$T/fx/timm.safetensors" vit.blocks.1.attn.qkv.weight)
+        check "--init timm: a head for the 8 classes" grep -q "^vit.head.weight	f32	\[8,16\]" \
+            <("$TOOLS/emoe-info" --tsv "$T/fx/timm.safetensors" | cut -f2-)
+    fi
+    # resuming such a run trains the new head too (it was frozen after a resume):
+    # 20 steps, then --resume to 40, equals 40 steps (a constant schedule does not
+    # depend on the length)
+    run emoe-train "${fx[@]}" --max-steps 40 --init "$FIXTURES/model_tiny2d_timm.safetensors" \
+        -o "$T/fx/ref.safetensors"
+    check "frozen, new head, 40 steps: exits 0" status_is 0
+    run emoe-train --resume "$T/fx/timm.safetensors" -d "$T/tr.npz" --max-steps 40
+    check "frozen, new head, resumed to 40 steps: exits 0" status_is 0
+    check "frozen, new head: the resumed run has the same bytes" \
+        cmp -s "$T/fx/timm.safetensors" "$T/fx/ref.safetensors"
+    check "frozen, new head: the resumed state has the same bytes" \
+        cmp -s "$T/fx/timm.safetensors.state" "$T/fx/ref.safetensors.state"
+else
+    not_ok "the fixtures model_tiny2d_timm.safetensors and model_tiny2d_google.npz are there"
+fi
+
+# --- SIGINT and SIGTERM in a run far from its end: 130 / 143, the message, a
+# checkpoint that resumes (the random-moment runs above may finish first)
+for how in INT TERM; do
+    d=$T/sig$how
+    mkdir -p "$d"
+    "$TOOLS/emoe-train" -d "$T/tr.npz" -o "$d/m.safetensors" "${tiny[@]}" --epochs 100000 --save-every 5 -j 1 \
+        >"$d/out" 2>"$d/err" </dev/null &
+    pid=$!
+    wait_for "$d/m.safetensors"
+    kill -s "$how" "$pid" 2>/dev/null
+    rc=0
+    wait "$pid" 2>/dev/null || rc=$?
+    want=$((128 + $(kill -l "$how")))
+    check "SIG$how far from the end: exits $want ($rc)" test "$rc" -eq "$want"
+    check "SIG$how: says where it stopped and how to resume" grep -q \
+        "^emoe-train: interrupted at step [0-9]*; saved .*m.safetensors (SIG$how); resume with --resume .*m.safetensors$" "$d/err"
+    check "SIG$how: model and state only" only_files "$d" m.safetensors m.safetensors.state out err
+    run emoe-train --resume "$d/m.safetensors" -d "$T/tr.npz" --max-steps 1
+    check "SIG$how: the saved run resumes (ends at once)" status_is 0
+done
+
+# --- --eigen-init data: the basis starts from the data covariance (a training run
+# with lr 0 keeps it; with random init it differs)
+run emoe-train -d "$T/small.npz" -o "$T/eig.safetensors" "${tiny[@]}" --lr 0 --max-steps 1 \
+    --eigen-init data --eigen-batches 2
+check "--eigen-init data: exits 0" status_is 0
+run emoe-train -d "$T/small.npz" -o "$T/rnd.safetensors" "${tiny[@]}" --lr 0 --max-steps 1
+check "--eigen-init random (default): exits 0" status_is 0
+if [ -x "$TOOLS/emoe-info" ]; then
+    check "--eigen-init data: another basis Q than the random init" not_same \
+        <("$TOOLS/emoe-info" --tsv --stats "$T/eig.safetensors" | grep -F 'branches.0.router.basis.Q' | cut -f2-) \
+        <("$TOOLS/emoe-info" --tsv --stats "$T/rnd.safetensors" | grep -F 'branches.0.router.basis.Q' | cut -f2-)
+    check "--eigen-init data: the rest is the same" cmp -s \
+        <("$TOOLS/emoe-info" --tsv --stats "$T/eig.safetensors" | grep -F 'vit.blocks.0.attn.qkv.weight' | cut -f2-) \
+        <("$TOOLS/emoe-info" --tsv --stats "$T/rnd.safetensors" | grep -F 'vit.blocks.0.attn.qkv.weight' | cut -f2-)
+fi
 
 # --- data and model disagree, corrupt input: exit 1, nothing written
 mkdir -p "$T/bad"
