@@ -1112,7 +1112,10 @@ int main(int argc, char **argv)
     if (o.resume)
         settings_from_state(&o, r.state_path);
 
-    /* read and check everything before writing anything */
+    /* read and check everything before writing anything; a missing starting
+     * checkpoint is reported before the data is read and the model built */
+    if (o.init && access(o.init, R_OK) != 0)
+        emoe_tool_die("%s: %s", o.init, strerror(errno));
     if (emoe_dataset_read(o.data, &r.train, &err))
         emoe_tool_fail(&err);
     if (o.val && emoe_dataset_read(o.val, &r.val, &err))

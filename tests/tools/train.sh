@@ -181,6 +181,11 @@ check "--config: same bytes as the options" cmp -s "$T/a.safetensors" "$T/b.safe
 run_stdin "$T/small.npz" emoe-train -d - -o "$T/c.safetensors" "${tiny[@]}" --epochs 1
 check "-d -: exits 0" status_is 0
 check "-d -: same bytes" cmp -s "$T/a.safetensors" "$T/c.safetensors"
+rc=0
+cat "$T/small.npz" | "$TOOLS/emoe-train" -d - -o "$T/p.safetensors" "${tiny[@]}" --epochs 1 \
+    >"$T/out" 2>"$T/err" || rc=$?
+check "-d - from a pipe: exits 0" status_is 0
+check "-d - from a pipe: same bytes" cmp -s "$T/a.safetensors" "$T/p.safetensors"
 
 # --- a checkpoint brings its configuration; contradicting it is an error
 run emoe-train -d "$T/small.npz" -o "$T/ft.safetensors" --init "$T/a.safetensors" --epochs 1 \
@@ -311,6 +316,13 @@ head -c 3000 "$T/tr.npz" >"$T/trunc.npz"
 run emoe-train -d "$T/trunc.npz" -o "$T/bad/m.safetensors" "${tiny[@]}"
 check "truncated data: exits 1" status_is 1
 check "truncated data: names the file" stderr_has "^emoe-train: .*trunc.npz"
+run emoe-train -d "$T/tr.npz" -o "$T/bad/m.safetensors" --init "$T/bad/none.safetensors"
+check "missing --init file: exits 1" status_is 1
+check "missing --init file: names it" stderr_has "^emoe-train: .*none.safetensors: No such file or directory"
+head -c 3000 "$T/a.safetensors" >"$T/trunc.safetensors"
+run emoe-train -d "$T/small.npz" -o "$T/bad/m.safetensors" --init "$T/trunc.safetensors"
+check "truncated --init checkpoint: exits 1" status_is 1
+check "truncated --init checkpoint: names it" stderr_has "^emoe-train: .*trunc.safetensors: "
 run emoe-train -d "$T/tr.npz" -o "$T/bad/m.safetensors" --resume "$T/bad/m.safetensors"
 check "resume of a missing run: exits 1" status_is 1
 check "bad cases: nothing written" only_files "$T/bad"
