@@ -1,7 +1,8 @@
 #!/bin/bash
 # compare-routers.sh: the router comparison of the EMoE paper at CPU scale.
 #
-#   compare-routers.sh [-e EPOCHS] [-n PER_CLASS] [-o OUTDIR] [-j N] SOURCE|TRAIN.npz [TEST.npz]
+#   compare-routers.sh [-e EPOCHS] [-n PER_CLASS] [-o OUTDIR] [-j N] [-a 'OPTIONS']
+#                      SOURCE|TRAIN.npz [TEST.npz]
 #
 # Trains the same ViT (the CPU recipes share/emoe/cifar10-*.conf: vit-micro, branches
 # after blocks 3-5, E 8) with the eigen router (EMoE), the ERMoE-style router, the
@@ -13,22 +14,25 @@
 # SOURCE is a dataset in its original form that emoe-prep reads with --split train and
 # --split test (e.g. cifar-10-jpg.zip or cifar-10-binary.tar.gz); or give two dataset
 # .npz files.  -n keeps PER_CLASS training images per class (quick runs); -e sets the
-# epochs (default: the recipes' 30).  Everything goes to OUTDIR (default
-# ./compare-routers): models, JSON Lines logs, routing tensors, heatmaps, table.tsv.
+# epochs (default: the recipes' 30); -a adds emoe-train options to every run (after
+# the recipe, so they win; split at spaces), e.g. -a '--batch 32 --warmup 20' for a
+# short run.  Everything goes to OUTDIR (default ./compare-routers): models, JSON
+# Lines logs, routing tensors, heatmaps, table.tsv.
 set -euo pipefail
-epochs="" per_class="" out=compare-routers threads=""
-while getopts "e:n:o:j:h" opt; do
+epochs="" per_class="" out=compare-routers threads="" add=""
+while getopts "e:n:o:j:a:h" opt; do
     case $opt in
     e) epochs=$OPTARG ;;
     n) per_class=$OPTARG ;;
     o) out=$OPTARG ;;
     j) threads=$OPTARG ;;
-    h) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    a) add=$OPTARG ;;
+    h) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 1 ] && [ $# -le 2 ] || { echo "usage: $0 [-e EPOCHS] [-n PER_CLASS] [-o OUTDIR] [-j N] SOURCE|TRAIN.npz [TEST.npz]" >&2; exit 2; }
+[ $# -ge 1 ] && [ $# -le 2 ] || { echo "usage: $0 [-e EPOCHS] [-n PER_CLASS] [-o OUTDIR] [-j N] [-a 'OPTIONS'] SOURCE|TRAIN.npz [TEST.npz]" >&2; exit 2; }
 
 here=$(cd "$(dirname "$0")" && pwd)
 # the recipes: next to this script when installed, or in the source tree
@@ -53,6 +57,8 @@ fi
 runs=(eigen ermoe softmax softmax-lbl none)
 extra=()
 [ -n "$epochs" ] && extra+=(--epochs "$epochs")
+# shellcheck disable=SC2206
+[ -n "$add" ] && extra+=($add)
 for r in "${runs[@]}"; do
     echo "== training $r" >&2
     tool emoe-train --config "$confdir/cifar10-$r.conf" "${extra[@]}" "${common[@]}" \
@@ -82,5 +88,7 @@ done
             }' "$out/$r.eval.tsv"
     done
 } >"$out/table.tsv"
-column -t -s $'\t' "$out/table.tsv" 2>/dev/null || cat "$out/table.tsv"
+# aligned columns (column(1) is not in every Debian install)
+awk -F'\t' '{ printf "%-12s", $1; for (i = 2; i <= NF; i++) printf " %-9s", $i; printf "\n" }' \
+    "$out/table.tsv" | sed 's/ *$//'
 echo "heatmaps: $out/*.heatmap.png" >&2
