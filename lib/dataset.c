@@ -4,12 +4,14 @@
  * deterministic order, selection (classes, per-class few-shot, limit) applied in
  * place.
  */
+#define _GNU_SOURCE /* mremap */
 #include "config.h"
 #include "data.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <zlib.h>
 
 void emoe_dataset_free(struct emoe_dataset *d)
@@ -79,6 +81,47 @@ int emoe_dataset_compute_stats(struct emoe_dataset *d, struct emoe_error *err)
 
 /* ------------------------------------------------------------- collector */
 
+/*
+ * The pixel store is an anonymous mapping (an EMOE_BUFFER_MMAP buffer, so the dataset
+ * that ends up owning it unmaps it), grown in place or moved by mremap without a copy
+ * where the system has it.  Transparent huge pages are asked for: the store is written
+ * once, slot by slot, and first touching it 4 KiB page by page costs a page fault every
+ * 4 KiB (a large share of the time for small images; one fault per 2 MiB instead).
+ */
+static void store_advise(void *p, size_t bytes)
+{
+#ifdef MADV_HUGEPAGE
+    if (bytes >= ((size_t)4 << 20))
+        (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: failure is harmless */
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
+static void *store_grow(void *old, size_t old_bytes, size_t used, size_t bytes)
+{
+    void *p;
+#ifdef MREMAP_MAYMOVE
+    if (old && old_bytes) {
+        p = mremap(old, old_bytes, bytes, MREMAP_MAYMOVE);
+        if (p == MAP_FAILED)
+            return NULL;
+        store_advise(p, bytes);
+        return p;
+    }
+#endif
+    p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    store_advise(p, bytes);
+    if (old) {
+        memcpy(p, old, used);
+        munmap(old, old_bytes);
+    }
+    return p;
+}
+
 int collector_init(struct collector *c, enum emoe_dtype dtype, int ndim, const int64_t *dims,
                    struct emoe_error *err)
 {
@@ -91,9 +134,13 @@ int collector_init(struct collector *c, enum emoe_dtype dtype, int ndim, const i
     int rc = emoe_shape_check(dtype, ndim, dims, NULL, &c->item_bytes, err);
     if (rc != EMOE_OK)
         return rc;
-    c->buf = emoe_buffer_alloc(0);
+    c->buf = malloc(sizeof *c->buf);
     if (!c->buf)
         return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
+    c->buf->base = NULL; /* mapped at the first reserve */
+    c->buf->size = 0;
+    c->buf->kind = EMOE_BUFFER_MMAP;
+    atomic_init(&c->buf->refs, 1);
     return EMOE_OK;
 }
 
@@ -114,7 +161,7 @@ int collector_reserve(struct collector *c, size_t n, size_t *first, struct emoe_
     size_t need;
     if (emoe_size_add(&need, c->nslots, n) != EMOE_OK)
         return emoe_error_set(err, EMOE_ERANGE, "too many images");
-    if (need > c->cap) {
+    if (need > c->cap || !c->buf->base) {
         size_t cap = c->cap ? c->cap : 64, bytes;
         while (cap < need)
             cap = cap > SIZE_MAX / 2 ? need : cap * 2;
@@ -123,21 +170,12 @@ int collector_reserve(struct collector *c, size_t n, size_t *first, struct emoe_
         if (emoe_size_mul(&bytes, cap, c->item_bytes) != EMOE_OK || bytes > SIZE_MAX / 2)
             return emoe_error_set(err, EMOE_ERANGE, "dataset of %zu images is too large",
                                   need);
-        /* realloc first (large blocks grow by remapping, without a copy); if that loses
-         * the 64-byte alignment, copy into an aligned block.  New slots are not cleared:
-         * every slot in the dataset is written before it is used. */
-        void *p = realloc(c->buf->base, bytes);
+        if (bytes == 0)
+            bytes = 1;
+        /* new slots are not cleared: every slot in the dataset is written before use */
+        void *p = store_grow(c->buf->base, c->buf->size, c->nslots * c->item_bytes, bytes);
         if (!p)
             return emoe_error_set(err, EMOE_ENOMEM, "out of memory for %zu images", need);
-        c->buf->base = p;
-        if ((uintptr_t)p % 64 != 0) {
-            void *q = emoe_alloc_aligned(bytes);
-            if (!q)
-                return emoe_error_set(err, EMOE_ENOMEM, "out of memory for %zu images", need);
-            memcpy(q, p, c->nslots * c->item_bytes);
-            free(p);
-            p = q;
-        }
         c->buf->base = p;
         c->buf->size = bytes;
         c->cap = cap;

@@ -1535,7 +1535,7 @@ int emoe_jpeg_decode(struct emoe_jpeg *j, const void *data, size_t size, const c
                      int channels, int scale_denom, unsigned char **pixels, int *width,
                      int *height, struct emoe_error *err);
 /* Decode, resize the shorter side to n and centre-crop: out [n, n, channels].  The DCT
- * scale is the smallest M/8 (M 1..8) that keeps the shorter side >= n, then area
+ * scale is the smallest of 1/8, 1/4, 1/2 and 1 that keeps the shorter side >= n, then area
  * (shrink) or bilinear (enlarge) resizing. */
 int emoe_jpeg_decode_square(struct emoe_jpeg *j, const void *data, size_t size,
                             const char *name, int channels, int n, unsigned char *out,

@@ -16,6 +16,11 @@
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_AVX2_PATH 1
+#include <immintrin.h>
+#define AVX2_FN static __attribute__((target("avx2")))
+#endif
 
 #include <jerror.h>
 #include <jpeglib.h>
@@ -125,15 +130,18 @@ int emoe_jpeg_pick_scale(int width, int height, int target)
     return 1;
 }
 
-/* The DCT scale M/8 (M in 1..8; libjpeg-turbo's scaled IDCTs) for a target: the smallest
- * M whose scaled shorter side ceil(s * M / 8) is still >= target, so the decoder does the
- * coarse shrinking and the resize only a little (8: full size, also for small images). */
+/* The DCT scale M/8 for a target: the smallest M in {1, 2, 4, 8} whose scaled shorter
+ * side ceil(s * M / 8) is still >= target, so the decoder does the coarse shrinking and
+ * the resize the rest (8: full size, also for small images).  Only these four: they are
+ * the scales libjpeg-turbo has SIMD inverse DCTs for; its other M/8 IDCTs are plain C,
+ * and decoding the ImageNet sample photos at 5/8 or 6/8 took longer than decoding them
+ * at full size (bench_prep, 224 target: 718 against 833 images per CPU second). */
 static int pick_scale_num(int width, int height, int target)
 {
     long s = width < height ? width : height;
     if (target <= 0)
         return 8;
-    for (int m = 1; m < 8; m++)
+    for (int m = 1; m < 8; m *= 2)
         if ((s * m + 7) / 8 >= target)
             return m;
     return 8;
@@ -462,39 +470,77 @@ static void floats_to_u8(const float *f, size_t len, unsigned char *restrict d)
         d[x] = to_u8(f[x]);
 }
 
+#ifdef HAVE_AVX2_PATH
+/* As vpass_row, 32 bytes at a time with AVX2 (no FMA: multiply, then add, in the same
+ * order as the SSE2 and scalar code, so every path gives the same bits). */
+AVX2_FN void vpass_row_avx2(float *restrict acc, const unsigned char *s, size_t stride,
+                            size_t len, const float *wt, int cnt)
+{
+    size_t x = 0;
+    for (; x + 32 <= len; x += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int k = 0; k < cnt; k++) {
+            const __m256 wk = _mm256_set1_ps(wt[k]);
+            const unsigned char *p = s + (size_t)k * stride + x;
+            __m128i v0 = _mm_loadu_si128((const __m128i *)(const void *)p);
+            __m128i v1 = _mm_loadu_si128((const __m128i *)(const void *)(p + 16));
+            __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v0));
+            __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v0, 8)));
+            __m256 f2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v1));
+            __m256 f3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v1, 8)));
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(wk, f0));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(wk, f1));
+            a2 = _mm256_add_ps(a2, _mm256_mul_ps(wk, f2));
+            a3 = _mm256_add_ps(a3, _mm256_mul_ps(wk, f3));
+        }
+        _mm256_storeu_ps(acc + x, a0);
+        _mm256_storeu_ps(acc + x + 8, a1);
+        _mm256_storeu_ps(acc + x + 16, a2);
+        _mm256_storeu_ps(acc + x + 24, a3);
+    }
+    for (; x < len; x++) {
+        float a = 0;
+        for (int k = 0; k < cnt; k++)
+            a += wt[k] * s[(size_t)k * stride + x];
+        acc[x] = a;
+    }
+}
+
+/* As floats_to_u8, 32 at a time with AVX2 (the same operations, so the same bytes). */
+AVX2_FN void floats_to_u8_avx2(const float *f, size_t len, unsigned char *restrict d)
+{
+    size_t x = 0;
+    const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f),
+                 half = _mm256_set1_ps(0.5f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (; x + 32 <= len; x += 32) {
+        __m256i v[4];
+        for (int q = 0; q < 4; q++)
+            v[q] = _mm256_cvttps_epi32(_mm256_min_ps(
+                _mm256_max_ps(_mm256_add_ps(_mm256_loadu_ps(f + x + 8 * q), half), lo), hi));
+        /* the packs work within 128-bit lanes: 4-byte groups come out as
+         * v0a v1a v2a v3a | v0b v1b v2b v3b; the permute restores the order */
+        __m256i p = _mm256_packus_epi16(_mm256_packs_epi32(v[0], v[1]),
+                                        _mm256_packs_epi32(v[2], v[3]));
+        _mm256_storeu_si256((__m256i *)(void *)(d + x), _mm256_permutevar8x32_epi32(p, order));
+    }
+    for (; x < len; x++)
+        d[x] = to_u8(f[x]);
+}
+
+static int have_avx2(void)
+{
+    return __builtin_cpu_supports("avx2");
+}
+#endif
+
 /*
- * Horizontal pass: output row o [n, c] (floats; for RGB one float of padding past the
- * end) from one vertically resized float row r (its column 0 is source column x0).  For
- * RGB each tap is one four-float SSE2 multiply-add (r holds 4 floats of padding past its
- * end).
+ * Horizontal pass for 1 or 4 channels (RGB: hpass3_*): output row o [n, c] (floats)
+ * from one vertically resized float row r (its column 0 is source column x0).
  */
 static void hpass_row(const float *r, int x0, const struct taps *tx, int n, int c,
                       float *restrict o)
 {
-    if (c == 3) {
-        for (int i = 0; i < n; i++) {
-            const float *wt = tx->w + (size_t)i * (size_t)tx->maxn;
-            const float *p = r + (size_t)(tx->start[i] - x0) * 3;
-            int cnt = tx->count[i];
-#ifdef __SSE2__
-            __m128 a = _mm_mul_ps(_mm_set1_ps(wt[0]), _mm_loadu_ps(p));
-            for (int k = 1; k < cnt; k++)
-                a = _mm_add_ps(a, _mm_mul_ps(_mm_set1_ps(wt[k]), _mm_loadu_ps(p + 3 * k)));
-            _mm_storeu_ps(o + 3 * i, a); /* the 4th float is overwritten next */
-#else
-            float a0 = 0, a1 = 0, a2 = 0;
-            for (int k = 0; k < cnt; k++, p += 3) {
-                a0 += wt[k] * p[0];
-                a1 += wt[k] * p[1];
-                a2 += wt[k] * p[2];
-            }
-            o[3 * i] = a0;
-            o[3 * i + 1] = a1;
-            o[3 * i + 2] = a2;
-#endif
-        }
-        return;
-    }
     for (int i = 0; i < n; i++) {
         const float *wt = tx->w + (size_t)i * (size_t)tx->maxn;
         const float *p = r + (size_t)(tx->start[i] - x0) * (size_t)c;
@@ -504,6 +550,86 @@ static void hpass_row(const float *r, int x0, const struct taps *tx, int n, int 
                 a[q] += wt[k] * p[q];
         memcpy(o + (size_t)i * (size_t)c, a, sizeof(float) * (size_t)c);
     }
+}
+
+/*
+ * The horizontal pass for RGB rows with a fixed number of taps K per output (the most
+ * any output has; the others get zero weights, which add exact zeros to sums of
+ * non-negative terms, so the result is bit for bit that of hpass_row).  Outputs go in
+ * pairs: wv holds, for pair j and tap k, 8 floats (output 2j's weight four times, then
+ * output 2j+1's); off[i] is output i's first float in r.  r needs 3K + 4 floats of
+ * padding past its end, o one float.
+ */
+static void hpass3_sse(const float *r, const int *off, const float *wv, int n, int K,
+                       float *restrict o)
+{
+    for (int i = 0; i < n; i++) {
+        const float *p = r + off[i], *wk = wv + (size_t)(i / 2) * (size_t)K * 8 + (i % 2) * 4;
+#ifdef __SSE2__
+        __m128 a = _mm_mul_ps(_mm_loadu_ps(wk), _mm_loadu_ps(p));
+        for (int k = 1; k < K; k++)
+            a = _mm_add_ps(a, _mm_mul_ps(_mm_loadu_ps(wk + 8 * k), _mm_loadu_ps(p + 3 * k)));
+        _mm_storeu_ps(o + 3 * i, a); /* the 4th float is overwritten next */
+#else
+        float a0 = wk[0] * p[0], a1 = wk[0] * p[1], a2 = wk[0] * p[2];
+        for (int k = 1; k < K; k++) {
+            a0 += wk[8 * k] * p[3 * k];
+            a1 += wk[8 * k] * p[3 * k + 1];
+            a2 += wk[8 * k] * p[3 * k + 2];
+        }
+        o[3 * i] = a0;
+        o[3 * i + 1] = a1;
+        o[3 * i + 2] = a2;
+#endif
+    }
+}
+
+#ifdef HAVE_AVX2_PATH
+/* hpass3_sse with AVX2: two outputs per 8-float multiply-add (no FMA: same bits). */
+AVX2_FN void hpass3_avx2(const float *r, const int *off, const float *wv, int n, int K,
+                         float *restrict o)
+{
+    for (int i = 0; i < n; i += 2) {
+        const float *p0 = r + off[i], *p1 = r + off[i + 1 < n ? i + 1 : i];
+        const float *wk = wv + (size_t)(i / 2) * (size_t)K * 8;
+        __m256 a = _mm256_mul_ps(_mm256_loadu_ps(wk),
+                                 _mm256_set_m128(_mm_loadu_ps(p1), _mm_loadu_ps(p0)));
+        for (int k = 1; k < K; k++)
+            a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_loadu_ps(wk + 8 * k),
+                                               _mm256_set_m128(_mm_loadu_ps(p1 + 3 * k),
+                                                               _mm_loadu_ps(p0 + 3 * k))));
+        _mm_storeu_ps(o + 3 * i, _mm256_castps256_ps128(a));
+        if (i + 1 < n)
+            _mm_storeu_ps(o + 3 * i + 3, _mm256_extractf128_ps(a, 1));
+    }
+}
+#endif
+
+/* hpass3's tables from the taps: returns K, or -1 when out of memory. */
+static int hpass3_tables(const struct taps *tx, int x0, int n, int **off_p, float **wv_p)
+{
+    int K = 1;
+    for (int i = 0; i < n; i++)
+        if (tx->count[i] > K)
+            K = tx->count[i];
+    int *off = malloc(sizeof(int) * (size_t)n);
+    float *wv = calloc((size_t)(n + 1) / 2 * (size_t)K * 8, sizeof(float));
+    if (!off || !wv) {
+        free(off);
+        free(wv);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        off[i] = (tx->start[i] - x0) * 3;
+        const float *w = tx->w + (size_t)i * (size_t)tx->maxn;
+        float *d = wv + (size_t)(i / 2) * (size_t)K * 8 + (i % 2) * 4;
+        for (int k = 0; k < tx->count[i]; k++)
+            for (int q = 0; q < 4; q++)
+                d[8 * k + q] = w[k];
+    }
+    *off_p = off;
+    *wv_p = wv;
+    return K;
 }
 
 /*
@@ -540,22 +666,52 @@ static int resize_crop(const unsigned char *src, int w, int h, int c, int W, int
             x1 = tx.start[i] + tx.count[i];
     }
     size_t len = (size_t)(x1 - x0) * (size_t)c, olen = (size_t)n * (size_t)c;
-    /* the vertically resized row (4 floats of padding), then one output row (and 1) */
-    if (grow((void **)rows_p, rows_cap, (len + 4 + olen + 1) * sizeof(float)) != 0) {
+    int *off = NULL, K = 0;
+    float *wv = NULL;
+    if (c == 3 && (K = hpass3_tables(&tx, x0, n, &off, &wv)) < 0) {
         taps_free(&tx);
         taps_free(&ty);
         return -1;
     }
-    float *row = *rows_p, *orow = row + len + 4;
-    memset(row + len, 0, 4 * sizeof(float));
+    /* the vertically resized row (zero padding: 4 floats, 3K + 4 for RGB), then one
+     * output row (and 1) */
+    size_t pad = 4 + 3 * (size_t)K;
+    if (grow((void **)rows_p, rows_cap, (len + pad + olen + 1) * sizeof(float)) != 0) {
+        taps_free(&tx);
+        taps_free(&ty);
+        free(off);
+        free(wv);
+        return -1;
+    }
+    float *row = *rows_p, *orow = row + len + pad;
+    memset(row + len, 0, pad * sizeof(float));
     size_t stride = (size_t)w * (size_t)c;
+#ifdef HAVE_AVX2_PATH
+    const int avx2 = have_avx2();
+#endif
     for (int i = 0; i < n; i++) {
         const float *wt = ty.w + (size_t)i * (size_t)ty.maxn;
-        vpass_row(row, src + (size_t)ty.start[i] * stride + (size_t)x0 * (size_t)c, stride,
-                  len, wt, ty.count[i]);
-        hpass_row(row, x0, &tx, n, c, orow);
+        const unsigned char *s0 = src + (size_t)ty.start[i] * stride + (size_t)x0 * (size_t)c;
+#ifdef HAVE_AVX2_PATH
+        if (avx2) {
+            vpass_row_avx2(row, s0, stride, len, wt, ty.count[i]);
+            if (c == 3)
+                hpass3_avx2(row, off, wv, n, K, orow);
+            else
+                hpass_row(row, x0, &tx, n, c, orow);
+            floats_to_u8_avx2(orow, olen, dst + (size_t)i * olen);
+            continue;
+        }
+#endif
+        vpass_row(row, s0, stride, len, wt, ty.count[i]);
+        if (c == 3)
+            hpass3_sse(row, off, wv, n, K, orow);
+        else
+            hpass_row(row, x0, &tx, n, c, orow);
         floats_to_u8(orow, olen, dst + (size_t)i * olen);
     }
+    free(off);
+    free(wv);
     taps_free(&tx);
     taps_free(&ty);
     return 0;

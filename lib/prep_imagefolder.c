@@ -21,6 +21,9 @@
 #include <sys/stat.h>
 
 #define BATCH_ITEMS 256
+/* The first batch of a source is read alone (nothing to decode yet), so it is small;
+ * each next one may hold twice as many, up to BATCH_ITEMS. */
+#define FIRST_BATCH_ITEMS 8
 #define BATCH_BYTES ((size_t)64 << 20)
 #define MAX_JPEG_BYTES ((size_t)256 << 20)
 
@@ -37,6 +40,7 @@ struct member {
 struct batch {
     struct member m[BATCH_ITEMS];
     size_t nm, bytes;
+    size_t limit;           /* items this fill may add (FIRST_BATCH_ITEMS .. BATCH_ITEMS) */
 };
 
 struct nested {
@@ -158,7 +162,7 @@ static void batch_clear(struct batch *b)
 
 static int batch_full(const struct batch *b)
 {
-    return b->nm == BATCH_ITEMS || b->bytes >= BATCH_BYTES;
+    return b->nm >= b->limit || b->nm == BATCH_ITEMS || b->bytes >= BATCH_BYTES;
 }
 
 /* Append a member (takes data). */
@@ -451,6 +455,8 @@ static void work_item(void *ctx, size_t i)
     struct feeder *f = ctx;
     if (i == 0) {
         struct batch *nb = &f->b[!f->cur];
+        size_t lim = 2 * f->b[f->cur].limit;
+        nb->limit = lim < BATCH_ITEMS ? lim : BATCH_ITEMS;
         if (f->it && !f->it->eof && f->fill_rc == EMOE_OK)
             f->fill_rc = iter_fill(f, f->it, nb, &f->fill_err);
         return;
@@ -537,6 +543,7 @@ static int read_source(struct feeder *f, const char *path, struct emoe_error *er
         return rc;
     f->fill_rc = EMOE_OK;
     /* the first batch alone, then each step decodes one while reading the next */
+    f->b[f->cur].limit = FIRST_BATCH_ITEMS;
     rc = iter_fill(f, f->it, &f->b[f->cur], err);
     while (rc == EMOE_OK && (f->b[f->cur].nm > 0 || !f->it->eof))
         rc = step(f, err);
