@@ -4,6 +4,7 @@
  * (.bin and tar.gz), and image folders as a folder, .tar, .tar.gz, .zip and a tar of
  * per-class tars; corrupt JPEGs, truncated archives and bad layouts.
  */
+#define _GNU_SOURCE
 #include "config.h"
 #include "testutil.h"
 
@@ -24,12 +25,16 @@ struct blob {
     size_t size;
 };
 
-/* Write an archive of blobs; format "tar", "tgz", "zip". */
+/* Write an archive of blobs; format "tar", "tgz", "zip" (deflated), "zipstore" (stored;
+ * libarchive writes both with data descriptors after the data). */
 static void write_archive(const char *path, const char *fmt, const struct blob *b, size_t n)
 {
     struct archive *a = archive_write_new();
-    if (!strcmp(fmt, "zip")) {
+    if (!strcmp(fmt, "zip") || !strcmp(fmt, "zipstore")) {
         archive_write_set_format_zip(a);
+        if (!strcmp(fmt, "zipstore"))
+            ck_assert_int_eq(archive_write_set_format_option(a, "zip", "compression", "store"),
+                             ARCHIVE_OK);
     } else {
         archive_write_set_format_pax_restricted(a);
         if (!strcmp(fmt, "tgz"))
@@ -491,10 +496,10 @@ START_TEST(test_imagefolder_layouts_agree)
     emoe_prep_options_init(&o);
     o.size = 24;
     struct emoe_prep_result res;
-    const char *fmts[3] = {"tar", "tgz", "zip"};
-    const char *files[3] = {"f.tar", "f.tar.gz", "f.zip"};
+    const char *fmts[4] = {"tar", "tgz", "zip", "zipstore"};
+    const char *files[4] = {"f.tar", "f.tar.gz", "f.zip", "fs.zip"};
     struct emoe_dataset *first = NULL;
-    for (int f = 0; f < 3; f++) {
+    for (int f = 0; f < 4; f++) {
         const char *p = tu_tmppath(files[f]);
         write_archive(p, fmts[f], s.b, s.n);
         struct emoe_dataset *d = prep1(p, &o, &res);
@@ -538,6 +543,9 @@ START_TEST(test_imagefolder_layouts_agree)
     emoe_dataset_free(d);
     emoe_threads_set(3);
     d = prep1(tu_tmppath("f.zip"), &o, &res);
+    ck_assert_mem_eq(d->images->data, first->images->data, first->images->nbytes);
+    emoe_dataset_free(d);
+    d = prep1(tu_tmppath("fs.zip"), &o, &res);
     ck_assert_mem_eq(d->images->data, first->images->data, first->images->nbytes);
     emoe_dataset_free(d);
     emoe_threads_set(t0);
@@ -888,6 +896,37 @@ START_TEST(test_imagefolder_bad_archives)
     rc = emoe_prep_read(&z, 1, &o, &d, NULL, &err);
     ck_assert_int_eq(rc, EMOE_EFORMAT);
     ck_assert_ptr_nonnull(strstr(err.msg, "cut.zip: "));
+    /* a stored zip with a changed byte in a member: libarchive's CRC-32 check (read as a
+     * stream, the changed CRC also hides the end of the member: "Truncated ZIP file") */
+    const char *bc = tu_tmppath("badcrc.zip");
+    write_archive(bc, "zipstore", s.b, s.n);
+    unsigned char *zd = tu_read_file(bc, &n);
+    unsigned char *hit = memmem(zd, n, s.b[1].data, s.b[1].size);
+    ck_assert_ptr_nonnull(hit);
+    hit[s.b[1].size / 2] ^= 0x55;
+    tu_write_file(bc, zd, n);
+    free(zd);
+    rc = emoe_prep_read(&bc, 1, &o, &d, NULL, &err);
+    tu_assert_error(rc, err, EMOE_EFORMAT, "badcrc.zip: truncated or corrupt archive");
+    ck_assert_ptr_null(d);
+    /* a stored zip cut where its central directory starts: no end record, so not read
+     * as a stream; an error, not a dataset of the members before the cut */
+    const char *cd = tu_tmppath("nocd.zip");
+    write_archive(cd, "zipstore", s.b, s.n);
+    zd = tu_read_file(cd, &n);
+    unsigned char *dir = NULL;
+    for (size_t i = 0; i + 4 <= n; i++)
+        if (!memcmp(zd + i, "PK\1\2", 4)) {
+            dir = zd + i;
+            break;
+        }
+    ck_assert_ptr_nonnull(dir);
+    tu_write_file(cd, zd, (size_t)(dir - zd));
+    free(zd);
+    rc = emoe_prep_read(&cd, 1, &o, &d, NULL, &err);
+    ck_assert_int_eq(rc, EMOE_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "nocd.zip: "));
+    ck_assert_ptr_null(d);
     /* images without class folders */
     struct blob flat[2] = {{"a.jpg", s.b[0].data, s.b[0].size}, {"b.jpg", s.b[1].data,
                                                                  s.b[1].size}};
