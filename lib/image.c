@@ -686,29 +686,28 @@ static int resize_crop(const unsigned char *src, int w, int h, int c, int W, int
     float *row = *rows_p, *orow = row + len + pad;
     memset(row + len, 0, pad * sizeof(float));
     size_t stride = (size_t)w * (size_t)c;
+    /* the row kernels, chosen once */
+    void (*vpass)(float *restrict, const unsigned char *, size_t, size_t, const float *, int) =
+        vpass_row;
+    void (*hpass3)(const float *, const int *, const float *, int, int, float *restrict) =
+        hpass3_sse;
+    void (*to_bytes)(const float *, size_t, unsigned char *restrict) = floats_to_u8;
 #ifdef HAVE_AVX2_PATH
-    const int avx2 = have_avx2();
+    if (have_avx2()) {
+        vpass = vpass_row_avx2;
+        hpass3 = hpass3_avx2;
+        to_bytes = floats_to_u8_avx2;
+    }
 #endif
     for (int i = 0; i < n; i++) {
         const float *wt = ty.w + (size_t)i * (size_t)ty.maxn;
         const unsigned char *s0 = src + (size_t)ty.start[i] * stride + (size_t)x0 * (size_t)c;
-#ifdef HAVE_AVX2_PATH
-        if (avx2) {
-            vpass_row_avx2(row, s0, stride, len, wt, ty.count[i]);
-            if (c == 3)
-                hpass3_avx2(row, off, wv, n, K, orow);
-            else
-                hpass_row(row, x0, &tx, n, c, orow);
-            floats_to_u8_avx2(orow, olen, dst + (size_t)i * olen);
-            continue;
-        }
-#endif
-        vpass_row(row, s0, stride, len, wt, ty.count[i]);
+        vpass(row, s0, stride, len, wt, ty.count[i]);
         if (c == 3)
-            hpass3_sse(row, off, wv, n, K, orow);
+            hpass3(row, off, wv, n, K, orow);
         else
             hpass_row(row, x0, &tx, n, c, orow);
-        floats_to_u8(orow, olen, dst + (size_t)i * olen);
+        to_bytes(orow, olen, dst + (size_t)i * olen);
     }
     free(off);
     free(wv);
