@@ -1327,6 +1327,7 @@ struct emoe_train_layer {
     int block;
     struct emoe_routing_summary routing;
     double aux_loss;
+    double loss_terms[EMOE_LOSS_TERMS]; /* aux_loss by enum emoe_loss_term */
 };
 struct emoe_train_metrics {
     int64_t images;
@@ -1342,6 +1343,7 @@ struct emoe_train_event {
     double epoch_frac;              /* STEP: epochs done, fractional */
     /* STEP (means over the steps since the last STEP event) */
     double lr, loss, task_loss, aux_loss, grad_norm, accuracy, images_per_s;
+    double loss_terms[EMOE_LOSS_TERMS]; /* by enum emoe_loss_term, summed over layers */
     /* EVAL */
     struct emoe_train_metrics val;
     int is_best;                    /* the best so far (saved to best_path) */
