@@ -1063,6 +1063,28 @@ int emoe_moe_branch_backward(struct emoe_moe_branch *b, float *dx, int B, int T,
                              struct emoe_error *err);
 /* Weighted extra losses of the last forward (ortho; softmax balance/z losses). */
 double emoe_moe_branch_extra_loss(const struct emoe_moe_branch *b);
+/* The terms of the extra loss, each with its weight from the config (METHOD.md
+ * sections 2-4); emoe_moe_branch_extra_loss is their sum, added in the order the
+ * router computes them. */
+enum emoe_loss_term {
+    EMOE_LOSS_ORTHO = 0,      /* eigen, ermoe: lambda_ortho * orthonormality penalty */
+    EMOE_LOSS_SWITCH = 1,     /* softmax: Switch load balancing (switch_loss) */
+    EMOE_LOSS_IMPORTANCE = 2, /* softmax: V-MoE importance CV^2 (importance_loss) */
+    EMOE_LOSS_LOAD = 3,       /* softmax: V-MoE load CV^2 (load_loss) */
+    EMOE_LOSS_Z = 4,          /* softmax: router z-loss (z_loss) */
+};
+#define EMOE_LOSS_TERMS 5
+/* The log key of a term ("ortho_loss", "lbl_loss", "importance_loss", "load_loss",
+ * "z_loss"); NULL when t is out of range. */
+const char *emoe_loss_term_name(enum emoe_loss_term t);
+/* Its description for messages ("orthonormality loss", "Switch load-balancing
+ * loss", ...); NULL when t is out of range. */
+const char *emoe_loss_term_description(enum emoe_loss_term t);
+/* 1 when c's router adds term t with a non-zero weight, else 0. */
+int emoe_loss_term_active(const struct emoe_moe_config *c, enum emoe_loss_term t);
+/* Term t of the last forward's extra loss (weighted); 0 when t is out of range or
+ * the term is off. */
+double emoe_moe_branch_loss_term(const struct emoe_moe_branch *b, enum emoe_loss_term t);
 /* The last forward: routed tokens N, probabilities [N, E], choices [N, k] (*k gets
  * k, E in soft mode; -1 where fewer than k experts were eligible; a choice dropped
  * for capacity is still listed) and top-1 experts [N]. */
@@ -1309,6 +1331,7 @@ struct emoe_train_layer {
     int block;
     struct emoe_routing_summary routing;
     double aux_loss;
+    double loss_terms[EMOE_LOSS_TERMS]; /* aux_loss by enum emoe_loss_term */
 };
 struct emoe_train_metrics {
     int64_t images;
@@ -1324,6 +1347,7 @@ struct emoe_train_event {
     double epoch_frac;              /* STEP: epochs done, fractional */
     /* STEP (means over the steps since the last STEP event) */
     double lr, loss, task_loss, aux_loss, grad_norm, accuracy, images_per_s;
+    double loss_terms[EMOE_LOSS_TERMS]; /* by enum emoe_loss_term, summed over layers */
     /* EVAL */
     struct emoe_train_metrics val;
     int is_best;                    /* the best so far (saved to best_path) */

@@ -614,6 +614,44 @@ double emoe_moe_branch_extra_loss(const struct emoe_moe_branch *b)
     return b->extra_loss;
 }
 
+double emoe_moe_branch_loss_term(const struct emoe_moe_branch *b, enum emoe_loss_term t)
+{
+    return (unsigned)t < EMOE_LOSS_TERMS ? b->loss_terms[t] : 0.0;
+}
+
+static const char *const loss_term_names[EMOE_LOSS_TERMS][2] = {
+    [EMOE_LOSS_ORTHO] = {"ortho_loss", "orthonormality loss"},
+    [EMOE_LOSS_SWITCH] = {"lbl_loss", "Switch load-balancing loss"},
+    [EMOE_LOSS_IMPORTANCE] = {"importance_loss", "importance loss"},
+    [EMOE_LOSS_LOAD] = {"load_loss", "load loss"},
+    [EMOE_LOSS_Z] = {"z_loss", "router z-loss"},
+};
+
+const char *emoe_loss_term_name(enum emoe_loss_term t)
+{
+    return (unsigned)t < EMOE_LOSS_TERMS ? loss_term_names[t][0] : NULL;
+}
+
+const char *emoe_loss_term_description(enum emoe_loss_term t)
+{
+    return (unsigned)t < EMOE_LOSS_TERMS ? loss_term_names[t][1] : NULL;
+}
+
+int emoe_loss_term_active(const struct emoe_moe_config *c, enum emoe_loss_term t)
+{
+    int softmax = c->router == EMOE_ROUTER_SOFTMAX;
+    switch (t) {
+    case EMOE_LOSS_ORTHO:
+        return (c->router == EMOE_ROUTER_EIGEN || c->router == EMOE_ROUTER_ERMOE) &&
+               c->lambda_ortho != 0.0f;
+    case EMOE_LOSS_SWITCH: return softmax && c->switch_loss != 0.0f;
+    case EMOE_LOSS_IMPORTANCE: return softmax && c->importance_loss != 0.0f;
+    case EMOE_LOSS_LOAD: return softmax && c->load_loss != 0.0f;
+    case EMOE_LOSS_Z: return softmax && c->z_loss != 0.0f;
+    }
+    return 0;
+}
+
 int emoe_moe_branch_tokens(const struct emoe_moe_branch *b)
 {
     return b->N;
@@ -944,6 +982,7 @@ int emoe_moe_branch_forward(struct emoe_moe_branch *b, float *x, int B, int T, i
     struct rows_ctx c = {b, NULL, NULL, b->slots[b->slot_alpha].data[0], x};
     run((N + CHUNK_ROWS - 1) / CHUNK_ROWS, N * Dz, copy_in_item, &c);
     b->extra_loss = 0.0;
+    memset(b->loss_terms, 0, sizeof b->loss_terms);
     rc = b->ops->forward(b, train, err);
     if (rc)
         return rc;
@@ -973,9 +1012,14 @@ int emoe_moe_branch_forward(struct emoe_moe_branch *b, float *x, int B, int T, i
         emoe_linear_forward(b->yg + o * D, gel, b->up_w[e], NULL, (int)ne, F, D);
     }
     run((N + CHUNK_ROWS - 1) / CHUNK_ROWS, N * Dz, combine_item, &c);
-    if (!isfinite(b->extra_loss))
+    if (!isfinite(b->extra_loss)) {
+        for (int t = 0; t < EMOE_LOSS_TERMS; t++)
+            if (!isfinite(b->loss_terms[t]))
+                return emoe_error_set(err, EMOE_ENUMERIC, "branch %d: the %s is not finite",
+                                      b->index, emoe_loss_term_description(t));
         return emoe_error_set(err, EMOE_ENUMERIC, "branch %d: extra loss is not finite",
                               b->index);
+    }
     b->have_acts = 1;
     return EMOE_OK;
 }

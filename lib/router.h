@@ -61,11 +61,11 @@ struct router_ops {
     /* After the slots are bound to memory: allocate private state. */
     int (*bind)(struct emoe_moe_branch *b, struct emoe_error *err);
     /* Fill b->p [N, E] (and b->elig when used) from b->h [N, D]; train: retraction,
-     * noise.  Also sets b->extra_loss to the router's weighted extra losses that do
-     * not depend on the selection. */
+     * noise.  Also adds the router's weighted extra losses that do not depend on the
+     * selection with moe_add_loss (the branch zeroes them before). */
     int (*forward)(struct emoe_moe_branch *b, int train, struct emoe_error *err);
     /* After the selection (b->top1, b->choice): selection-dependent losses (Switch),
-     * added to b->extra_loss.  May be NULL. */
+     * added with moe_add_loss.  May be NULL. */
     void (*after_select)(struct emoe_moe_branch *b);
     /* dp [N, E] (may be modified): add the router's parameter gradients and its part
      * of dh [N, D] (including the gradients of its extra losses). */
@@ -125,12 +125,19 @@ struct emoe_moe_branch {
     float *xg, *act, *gel, *yg; /* [A, D], [A, F], [A, F], [A, D] */
     float *dyg, *dgel;          /* backward scratch [A, D], [A, F] */
     float *dp, *dh;             /* backward scratch [N, E], [N, D] */
-    double extra_loss;
+    double extra_loss;          /* sum of loss_terms, in the order they were added */
+    double loss_terms[EMOE_LOSS_TERMS];
     double *cov;                /* [D, D] running H^T H (eigenbasis from data) */
     int64_t cov_tokens;
 };
 
 /* Helpers shared by the routers (moe.c). */
+/* Adds the weighted extra loss v to term t and to the total b->extra_loss. */
+static inline void moe_add_loss(struct emoe_moe_branch *b, enum emoe_loss_term t, double v)
+{
+    b->loss_terms[t] += v;
+    b->extra_loss += v;
+}
 int moe_add_slot(struct emoe_moe_branch *b, const char *name, int ndim, int64_t d0, int64_t d1,
                  enum slot_init init, float value, int no_decay, struct emoe_error *err);
 struct moe_slot *moe_find_slot(struct emoe_moe_branch *b, const char *name);

@@ -150,7 +150,7 @@ static int eigen_forward(struct emoe_moe_branch *b, int train, struct emoe_error
     moe_softmax_rows(b->p, b->p, N, E, 1.0f / b->cfg.tau);
     double pen = moe_ortho_penalty(s->q->data, NULL, 0.0f, D, r, s->gram) +
                  moe_ortho_penalty(s->p->data, NULL, 0.0f, D, r, s->gram);
-    b->extra_loss += (double)b->cfg.lambda_ortho * pen;
+    moe_add_loss(b, EMOE_LOSS_ORTHO, (double)b->cfg.lambda_ortho * pen);
     return EMOE_OK;
 }
 

@@ -136,7 +136,7 @@ static int ermoe_forward(struct emoe_moe_branch *b, int train, struct emoe_error
                         0.0f, s->a + (size_t)e * N * r, r);
     }
     memset(s->dwd, 0, (size_t)E * r * D * sizeof(float));
-    b->extra_loss += (double)b->cfg.lambda_ortho * pen;
+    moe_add_loss(b, EMOE_LOSS_ORTHO, (double)b->cfg.lambda_ortho * pen);
     float thr = b->cfg.threshold;
     b->use_elig = thr > 0.0f;
     for (int n = 0; n < N; n++) {

@@ -146,12 +146,12 @@ static int softmax_forward(struct emoe_moe_branch *b, int train, struct emoe_err
         zl += (double)s->lse[n] * s->lse[n];
     }
     if (b->cfg.z_loss > 0.0f && N > 0)
-        b->extra_loss += b->cfg.z_loss * zl / N;
+        moe_add_loss(b, EMOE_LOSS_Z, b->cfg.z_loss * zl / N);
     if (b->cfg.importance_loss > 0.0f) {
         memset(s->imp, 0, (size_t)E * sizeof *s->imp);
         for (size_t i = 0; i < ne; i++)
             s->imp[i % E] += b->p[i];
-        b->extra_loss += b->cfg.importance_loss * cv2(s->imp, E, NULL);
+        moe_add_loss(b, EMOE_LOSS_IMPORTANCE, b->cfg.importance_loss * cv2(s->imp, E, NULL));
     }
     if (b->cfg.load_loss > 0.0f && noisy && k < E) {
         memset(s->load, 0, (size_t)E * sizeof *s->load);
@@ -185,7 +185,7 @@ static int softmax_forward(struct emoe_moe_branch *b, int train, struct emoe_err
             }
         }
         free(ord);
-        b->extra_loss += b->cfg.load_loss * cv2(s->load, E, NULL);
+        moe_add_loss(b, EMOE_LOSS_LOAD, b->cfg.load_loss * cv2(s->load, E, NULL));
     }
     return EMOE_OK;
 }
@@ -203,7 +203,7 @@ static void softmax_after_select(struct emoe_moe_branch *b)
     for (int n = 0; n < N; n++)
         for (int e = 0; e < E; e++)
             l += s->f[e] * b->p[(size_t)n * E + e] / N;
-    b->extra_loss += b->cfg.switch_loss * E * l;
+    moe_add_loss(b, EMOE_LOSS_SWITCH, b->cfg.switch_loss * E * l);
 }
 
 static int softmax_backward(struct emoe_moe_branch *b, float *dp, float *dh,

@@ -200,7 +200,10 @@ static void fill_layers(struct emoe_moe *moe, struct emoe_train_layer *layers, i
         layers[l].block = emoe_moe_layer_block(moe, l);
         memset(&layers[l].routing, 0, sizeof layers[l].routing);
         emoe_moe_layer_stats(moe, l, accumulated, counts, &layers[l].routing, &e2);
-        layers[l].aux_loss = emoe_moe_branch_extra_loss(emoe_moe_layer_branch(moe, l));
+        const struct emoe_moe_branch *b = emoe_moe_layer_branch(moe, l);
+        layers[l].aux_loss = emoe_moe_branch_extra_loss(b);
+        for (int k = 0; k < EMOE_LOSS_TERMS; k++)
+            layers[l].loss_terms[k] = emoe_moe_branch_loss_term(b, (enum emoe_loss_term)k);
     }
 }
 
@@ -522,6 +525,29 @@ static int nonfinite(int saved, int64_t step, const char *what, struct emoe_erro
                           saved ? "the last checkpoint is kept" : "nothing was saved");
 }
 
+/* The first non-finite loss term of the MoE layers' last forward, as "the
+ * orthonormality loss of the MoE layer after block 9" into what; 0 when all are
+ * finite. */
+static int nonfinite_term(const struct trainer *t, char *what, size_t size)
+{
+    for (int l = 0; l < t->L; l++) {
+        const struct emoe_moe_branch *b = emoe_moe_layer_branch(t->moe, l);
+        for (int k = 0; k < EMOE_LOSS_TERMS; k++)
+            if (!isfinite(emoe_moe_branch_loss_term(b, (enum emoe_loss_term)k))) {
+                snprintf(what, size, "the %s of the MoE layer after block %d",
+                         emoe_loss_term_description((enum emoe_loss_term)k),
+                         emoe_moe_layer_block(t->moe, l));
+                return 1;
+            }
+        if (!isfinite(emoe_moe_branch_extra_loss(b))) {
+            snprintf(what, size, "the auxiliary loss of the MoE layer after block %d",
+                     emoe_moe_layer_block(t->moe, l));
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int train_loop(struct trainer *t, struct emoe_error *err)
 {
     const struct emoe_train_options *o = t->o;
@@ -536,6 +562,7 @@ static int train_loop(struct trainer *t, struct emoe_error *err)
     int rc = EMOE_OK;
     /* Interval accumulators for the step log. */
     double iv_loss = 0, iv_task = 0, iv_time = now_seconds();
+    double iv_terms[EMOE_LOSS_TERMS] = {0};
     int64_t iv_images = 0, iv_correct = 0, iv_steps = 0;
     size_t perm_epoch = (size_t)-1;
     int64_t step = emoe_adamw_get_step(t->opt);
@@ -572,21 +599,17 @@ static int train_loop(struct trainer *t, struct emoe_error *err)
         rc = emoe_model_forward(m, x, d->images->dtype, B, 1, err);
         if (!rc)
             rc = emoe_model_loss(m, t->b.y, o->label_smoothing, &task, &loss, &ncorrect, err);
+        char what[128];
+        /* a branch stops the forward (EMOE_ENUMERIC) on a non-finite extra loss */
+        if ((rc == EMOE_ENUMERIC || (!rc && !isfinite(loss))) &&
+            nonfinite_term(t, what, sizeof what))
+            return nonfinite(t->saved, step + 1, what, err);
         if (rc == EMOE_ENUMERIC || (!rc && !isfinite(task)))
             return nonfinite(t->saved, step + 1, "the task loss", err);
         if (rc)
             return rc;
-        if (!isfinite(loss)) {
-            char what[96];
-            snprintf(what, sizeof what, "the auxiliary (MoE) loss");
-            for (int l = 0; l < t->L; l++)
-                if (!isfinite(emoe_moe_branch_extra_loss(emoe_moe_layer_branch(t->moe, l)))) {
-                    snprintf(what, sizeof what, "the auxiliary loss of the MoE layer after "
-                             "block %d", emoe_moe_layer_block(t->moe, l));
-                    break;
-                }
-            return nonfinite(t->saved, step + 1, what, err);
-        }
+        if (!isfinite(loss))
+            return nonfinite(t->saved, step + 1, "the auxiliary (MoE) loss", err);
         if ((rc = emoe_model_backward(m, err)) || (rc = emoe_model_reduce_grads(m, err)))
             return rc;
         rc = emoe_clip_grad_norm(emoe_model_grads(m), emoe_model_trainable_numel(m), o->clip,
@@ -625,6 +648,10 @@ static int train_loop(struct trainer *t, struct emoe_error *err)
         }
         iv_loss += loss;
         iv_task += task;
+        for (int l = 0; l < t->L; l++)
+            for (int k = 0; k < EMOE_LOSS_TERMS; k++)
+                iv_terms[k] += emoe_moe_branch_loss_term(emoe_moe_layer_branch(t->moe, l),
+                                                         (enum emoe_loss_term)k);
         iv_images += B;
         iv_correct += ncorrect;
         iv_steps++;
@@ -640,6 +667,8 @@ static int train_loop(struct trainer *t, struct emoe_error *err)
             ev.loss = iv_loss / iv_steps;
             ev.task_loss = iv_task / iv_steps;
             ev.aux_loss = ev.loss - ev.task_loss;
+            for (int k = 0; k < EMOE_LOSS_TERMS; k++)
+                ev.loss_terms[k] = iv_terms[k] / iv_steps;
             ev.grad_norm = gnorm;
             ev.accuracy = c->task == EMOE_TASK_CLASSIFY ? (double)iv_correct / iv_images : 0;
             ev.images_per_s = tnow > iv_time ? iv_images / (tnow - iv_time) : 0;
@@ -651,6 +680,7 @@ static int train_loop(struct trainer *t, struct emoe_error *err)
             }
             emit(t, &ev);
             iv_loss = iv_task = 0;
+            memset(iv_terms, 0, sizeof iv_terms);
             iv_images = iv_correct = iv_steps = 0;
             iv_time = now_seconds();
         }

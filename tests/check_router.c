@@ -510,6 +510,181 @@ START_TEST(test_branch_retraction_orthonormal)
 }
 END_TEST
 
+/* ------------------------------------------------------- loss terms */
+
+/* The terms of the extra loss sum to it (in the order the routers add them: ortho;
+ * z, importance, load, then Switch after the selection). */
+static void assert_terms_sum(const struct emoe_moe_branch *b)
+{
+    static const enum emoe_loss_term order[] = {EMOE_LOSS_ORTHO, EMOE_LOSS_Z,
+                                                EMOE_LOSS_IMPORTANCE, EMOE_LOSS_LOAD,
+                                                EMOE_LOSS_SWITCH};
+    double s = 0.0;
+    for (size_t i = 0; i < sizeof order / sizeof *order; i++)
+        s += emoe_moe_branch_loss_term(b, order[i]);
+    ck_assert_msg(s == emoe_moe_branch_extra_loss(b), "terms sum to %.17g, extra %.17g", s,
+                  emoe_moe_branch_extra_loss(b));
+}
+
+/* ||Q^T Q - I||_F^2 in double, Q [M, R]. */
+static double ortho_penalty_ref(const float *q, int M, int R)
+{
+    double s = 0.0;
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < R; j++) {
+            double g = 0.0;
+            for (int d = 0; d < M; d++)
+                g += (double)q[d * R + i] * q[d * R + j];
+            g -= i == j;
+            s += g * g;
+        }
+    return s;
+}
+
+START_TEST(test_loss_terms_names)
+{
+    static const char *names[EMOE_LOSS_TERMS] = {"ortho_loss", "lbl_loss", "importance_loss",
+                                                 "load_loss", "z_loss"};
+    for (int t = 0; t < EMOE_LOSS_TERMS; t++) {
+        ck_assert_str_eq(emoe_loss_term_name((enum emoe_loss_term)t), names[t]);
+        ck_assert_ptr_nonnull(emoe_loss_term_description((enum emoe_loss_term)t));
+    }
+    ck_assert_ptr_null(emoe_loss_term_name((enum emoe_loss_term)EMOE_LOSS_TERMS));
+    ck_assert_ptr_null(emoe_loss_term_description((enum emoe_loss_term)-1));
+    struct emoe_moe_config c;
+    small_config(&c, EMOE_ROUTER_EIGEN, 1);
+    ck_assert(emoe_loss_term_active(&c, EMOE_LOSS_ORTHO));
+    c.switch_loss = 0.01f; /* not the eigen router's */
+    ck_assert(!emoe_loss_term_active(&c, EMOE_LOSS_SWITCH));
+    c.lambda_ortho = 0.0f;
+    ck_assert(!emoe_loss_term_active(&c, EMOE_LOSS_ORTHO));
+    small_config(&c, EMOE_ROUTER_ERMOE, 1);
+    ck_assert(emoe_loss_term_active(&c, EMOE_LOSS_ORTHO));
+    small_config(&c, EMOE_ROUTER_SOFTMAX, 1);
+    for (int t = 0; t < EMOE_LOSS_TERMS; t++)
+        ck_assert(!emoe_loss_term_active(&c, (enum emoe_loss_term)t));
+    c.switch_loss = c.importance_loss = c.load_loss = c.z_loss = 0.5f;
+    ck_assert(!emoe_loss_term_active(&c, EMOE_LOSS_ORTHO));
+    for (int t = EMOE_LOSS_SWITCH; t < EMOE_LOSS_TERMS; t++)
+        ck_assert(emoe_loss_term_active(&c, (enum emoe_loss_term)t));
+    c.router = EMOE_ROUTER_NONE;
+    for (int t = 0; t < EMOE_LOSS_TERMS; t++)
+        ck_assert(!emoe_loss_term_active(&c, (enum emoe_loss_term)t));
+}
+END_TEST
+
+START_TEST(test_loss_terms_eigen)
+{
+    struct emoe_error err = {0};
+    struct emoe_moe_config c;
+    small_config(&c, EMOE_ROUTER_EIGEN, 1);
+    int D = 12;
+    struct emoe_moe_branch *b;
+    ck_assert_int_eq(emoe_moe_branch_new(&c, D, 0, &b, &err), EMOE_OK);
+    struct moe_slot *q = find_slot(b, "router.basis.Q"), *p = find_slot(b, "router.basis.P");
+    struct emoe_rng r;
+    emoe_rng_init(&r, 11, 0);
+    fill_normal(q->data, q->numel, &r, 0.5f); /* not orthonormal: a visible penalty */
+    fill_normal(p->data, p->numel, &r, 0.3f);
+    float x[2 * 5 * 12];
+    fill_normal(x, 2 * 5 * 12, &r, 1.0f);
+    /* evaluation: no retraction, the penalty of Q and P as they are */
+    ck_assert_int_eq(emoe_moe_branch_forward(b, x, 2, 5, D, 0, &err), EMOE_OK);
+    double want = (double)c.lambda_ortho *
+                  (ortho_penalty_ref(q->data, D, c.rank) + ortho_penalty_ref(p->data, D, c.rank));
+    double got = emoe_moe_branch_loss_term(b, EMOE_LOSS_ORTHO);
+    ck_assert_msg(want > 1e-3 && close_enough(got, want, 0, 1e-5), "ortho %.9g, want %.9g",
+                  got, want);
+    for (int t = EMOE_LOSS_SWITCH; t < EMOE_LOSS_TERMS; t++)
+        ck_assert(emoe_moe_branch_loss_term(b, (enum emoe_loss_term)t) == 0.0);
+    ck_assert(emoe_moe_branch_loss_term(b, (enum emoe_loss_term)EMOE_LOSS_TERMS) == 0.0);
+    assert_terms_sum(b);
+    /* a non-finite term is named */
+    q->data[3] = NAN;
+    tu_assert_error(emoe_moe_branch_forward(b, x, 2, 5, D, 0, &err), err, EMOE_ENUMERIC,
+                    "branch 0: the orthonormality loss is not finite");
+    emoe_moe_branch_free(b);
+}
+END_TEST
+
+/* The softmax router's z, importance and Switch terms from the branch input, the
+ * router weight and the probabilities, in double (no noise: evaluation mode). */
+START_TEST(test_loss_terms_softmax)
+{
+    struct emoe_error err = {0};
+    struct emoe_moe_config c;
+    small_config(&c, EMOE_ROUTER_SOFTMAX, 1);
+    c.switch_loss = 0.5f;
+    c.importance_loss = 0.25f;
+    c.z_loss = 0.1f;
+    int D = 12, E = c.experts;
+    struct emoe_moe_branch *b;
+    ck_assert_int_eq(emoe_moe_branch_new(&c, D, 2, &b, &err), EMOE_OK);
+    struct emoe_rng r;
+    emoe_rng_init(&r, 12, 0);
+    float x[3 * 7 * 12];
+    fill_normal(x, 3 * 7 * 12, &r, 1.0f);
+    ck_assert_int_eq(emoe_moe_branch_forward(b, x, 3, 7, D, 0, &err), EMOE_OK);
+    const float *W = find_slot(b, "router.weight")->data;
+    int N = b->N;
+    ck_assert_int_eq(N, 3 * 6); /* the class tokens are not routed */
+    double zl = 0.0, f[4] = {0}, P[4] = {0}, imp[4] = {0};
+    for (int n = 0; n < N; n++) {
+        double l[4], mx = -INFINITY, t = 0.0, pr[4];
+        int top = 0;
+        for (int e = 0; e < E; e++) {
+            l[e] = 0.0;
+            for (int d = 0; d < D; d++)
+                l[e] += (double)b->h[(size_t)n * D + d] * W[e * D + d];
+            mx = l[e] > mx ? l[e] : mx;
+        }
+        for (int e = 0; e < E; e++)
+            t += exp(l[e] - mx);
+        zl += (mx + log(t)) * (mx + log(t));
+        for (int e = 0; e < E; e++) {
+            pr[e] = exp(l[e] - mx) / t;
+            top = pr[e] > pr[top] ? e : top;
+            P[e] += pr[e] / N;
+            imp[e] += pr[e];
+        }
+        f[top] += 1.0 / N;
+    }
+    double sw = 0.0, mean = 0.0, var = 0.0;
+    for (int e = 0; e < E; e++) {
+        sw += f[e] * P[e];
+        mean += imp[e] / E;
+    }
+    for (int e = 0; e < E; e++)
+        var += (imp[e] - mean) * (imp[e] - mean) / E;
+    double want_z = c.z_loss * zl / N, want_sw = (double)c.switch_loss * E * sw,
+           want_imp = c.importance_loss * var / (mean * mean);
+    double got_z = emoe_moe_branch_loss_term(b, EMOE_LOSS_Z),
+           got_sw = emoe_moe_branch_loss_term(b, EMOE_LOSS_SWITCH),
+           got_imp = emoe_moe_branch_loss_term(b, EMOE_LOSS_IMPORTANCE);
+    ck_assert_msg(want_z > 0 && close_enough(got_z, want_z, 0, 1e-5), "z %.9g, want %.9g",
+                  got_z, want_z);
+    ck_assert_msg(want_sw > 0 && close_enough(got_sw, want_sw, 0, 1e-5),
+                  "switch %.9g, want %.9g", got_sw, want_sw);
+    ck_assert_msg(want_imp > 0 && close_enough(got_imp, want_imp, 1e-9, 1e-4),
+                  "importance %.9g, want %.9g", got_imp, want_imp);
+    ck_assert(emoe_moe_branch_loss_term(b, EMOE_LOSS_ORTHO) == 0.0);
+    ck_assert(emoe_moe_branch_loss_term(b, EMOE_LOSS_LOAD) == 0.0);
+    assert_terms_sum(b);
+    emoe_moe_branch_free(b);
+    /* training with noise: the load term is there too, and all still sum */
+    c.noise = 1;
+    c.load_loss = 0.5f;
+    c.top_k = 2;
+    ck_assert_int_eq(emoe_moe_branch_new(&c, D, 2, &b, &err), EMOE_OK);
+    ck_assert_int_eq(emoe_moe_branch_forward(b, x, 3, 7, D, 1, &err), EMOE_OK);
+    for (int t = EMOE_LOSS_SWITCH; t < EMOE_LOSS_TERMS; t++)
+        ck_assert_msg(emoe_moe_branch_loss_term(b, (enum emoe_loss_term)t) > 0.0, "%s is 0",
+                      emoe_loss_term_name((enum emoe_loss_term)t));
+    assert_terms_sum(b);
+    emoe_moe_branch_free(b);
+}
+END_TEST
+
 /* The same results run after run for a given thread count (chunked loops, fixed
  * summation order).  Across thread counts results may differ in the last bits:
  * OpenBLAS's sgemm itself does on this machine (1 vs 2 threads). */
@@ -774,6 +949,9 @@ static Suite *router_suite(void)
     tcase_add_test(core, test_branch_retraction_orthonormal);
     tcase_add_test(core, test_branch_deterministic);
     tcase_add_test(core, test_router_ermoe_threshold_eligibility);
+    tcase_add_test(core, test_loss_terms_names);
+    tcase_add_test(core, test_loss_terms_eigen);
+    tcase_add_test(core, test_loss_terms_softmax);
     suite_add_tcase(s, core);
     TCase *gold = tcase_create("golden");
     tcase_add_test(gold, test_router_eigen_golden_top1);

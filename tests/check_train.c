@@ -53,7 +53,8 @@ struct net {
     struct emoe_moe_config mc;
 };
 
-static void net_new(struct net *n, enum emoe_router_kind router)
+/* z_loss: the softmax router's z-loss weight (0: off, the default). */
+static void net_new_z(struct net *n, enum emoe_router_kind router, float z_loss)
 {
     struct emoe_vit_config c;
     struct emoe_error err = {0};
@@ -78,6 +79,7 @@ static void net_new(struct net *n, enum emoe_router_kind router)
     n->mc.rank = 8;
     n->mc.bottleneck = 16;
     snprintf(n->mc.blocks, sizeof n->mc.blocks, "all");
+    n->mc.z_loss = z_loss;
     struct emoe_param_spec *specs = NULL;
     size_t ns = 0;
     int rc = emoe_moe_param_specs(&n->mc, c.embed_dim, c.depth, &specs, &ns, &err);
@@ -91,6 +93,11 @@ static void net_new(struct net *n, enum emoe_router_kind router)
         rc = emoe_moe_new(&n->mc, n->m, &n->moe, &err);
         ck_assert_msg(rc == EMOE_OK, "%s", err.msg);
     }
+}
+
+static void net_new(struct net *n, enum emoe_router_kind router)
+{
+    net_new_z(n, router, 0.0f);
 }
 
 static void net_free(struct net *n)
@@ -378,6 +385,90 @@ START_TEST(test_nonfinite_keeps_checkpoint)
 }
 END_TEST
 
+/* STEP events: the loss terms (means over the logged steps, summed over the layers)
+ * add up to aux_loss, and each layer's to its aux_loss; only the z-loss is on. */
+struct term_log {
+    int steps;
+    double z;
+};
+static void check_terms(void *ctx, const struct emoe_train_event *ev)
+{
+    struct term_log *tl = ctx;
+    if (ev->kind != EMOE_TRAIN_STEP)
+        return;
+    tl->steps++;
+    double s = 0.0;
+    for (int k = 0; k < EMOE_LOSS_TERMS; k++)
+        s += ev->loss_terms[k];
+    ck_assert_msg(fabs(s - ev->aux_loss) <= 1e-12 + 1e-9 * fabs(ev->aux_loss),
+                  "step %lld: terms %.17g, aux_loss %.17g", (long long)ev->step, s, ev->aux_loss);
+    for (int k = 0; k < EMOE_LOSS_TERMS; k++)
+        if (k != EMOE_LOSS_Z)
+            ck_assert(ev->loss_terms[k] == 0.0);
+    tl->z += ev->loss_terms[EMOE_LOSS_Z];
+    ck_assert_int_eq(ev->nlayers, 2);
+    for (int l = 0; l < ev->nlayers; l++) {
+        double t = 0.0;
+        for (int k = 0; k < EMOE_LOSS_TERMS; k++)
+            t += ev->layers[l].loss_terms[k];
+        ck_assert(ev->layers[l].loss_terms[EMOE_LOSS_Z] > 0.0);
+        ck_assert_msg(t == ev->layers[l].aux_loss, "layer %d: terms %.17g, aux_loss %.17g", l,
+                      t, ev->layers[l].aux_loss);
+    }
+}
+
+START_TEST(test_step_loss_terms)
+{
+    struct emoe_dataset *tr = synthetic(10, 3);
+    struct net n;
+    net_new_z(&n, EMOE_ROUTER_SOFTMAX, 1e-2f);
+    struct emoe_train_options o;
+    options(&o, tu_tmppath("terms.safetensors"));
+    struct term_log tl = {0, 0.0};
+    o.log_every = 2;
+    o.log = check_terms;
+    o.ctx = &tl;
+    struct emoe_error err = {0};
+    int rc = emoe_train_run(n.m, n.moe, tr, NULL, &o, &err);
+    ck_assert_msg(rc == EMOE_OK, "%s", err.msg);
+    ck_assert_int_gt(tl.steps, 0);
+    ck_assert(tl.z > 0.0);
+    net_free(&n);
+    emoe_dataset_free(tr);
+}
+END_TEST
+
+/* A non-finite MoE loss term stops the run naming the term and the layer. */
+START_TEST(test_nonfinite_names_loss_term)
+{
+    struct emoe_dataset *tr = synthetic(10, 3);
+    struct net n;
+    net_new_z(&n, EMOE_ROUTER_SOFTMAX, 1e-3f);
+    /* an infinite router weight in the second layer: its logits, hence its z-loss,
+     * are not finite (the first layer's are) */
+    struct emoe_moe_branch *b = emoe_moe_layer_branch(n.moe, 1);
+    float *w = NULL;
+    for (size_t i = 0; i < emoe_moe_branch_param_count(b); i++) {
+        int nd;
+        int64_t shape[2];
+        float *data, *grad;
+        if (strcmp(emoe_moe_branch_param(b, i, &nd, shape, &data, &grad), "router.weight") == 0)
+            w = data;
+    }
+    ck_assert_ptr_nonnull(w);
+    for (int d = 0; d < 32; d++)
+        w[d] = INFINITY;
+    struct emoe_train_options o;
+    options(&o, tu_tmppath("nanz.safetensors"));
+    struct emoe_error err = {0};
+    int rc = emoe_train_run(n.m, n.moe, tr, NULL, &o, &err);
+    tu_assert_error(rc, err, EMOE_ENUMERIC, "step 1: the router z-loss of the MoE layer after "
+                    "block 1 is not finite; stopped");
+    net_free(&n);
+    emoe_dataset_free(tr);
+}
+END_TEST
+
 START_TEST(test_data_mismatch)
 {
     struct emoe_prep_options po;
@@ -427,6 +518,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_regression_standardised);
     tcase_add_test(tc, test_resume_exact);
     tcase_add_test(tc, test_nonfinite_keeps_checkpoint);
+    tcase_add_test(tc, test_nonfinite_names_loss_term);
+    tcase_add_test(tc, test_step_loss_terms);
     tcase_add_test(tc, test_data_mismatch);
     suite_add_tcase(s, tc);
     return s;

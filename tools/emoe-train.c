@@ -957,7 +957,19 @@ static int should_stop(void *ctx)
     return got_signal != 0;
 }
 
-static void json_layers(struct emoe_json_out *j, const struct emoe_train_event *ev)
+/* "ortho_loss": ..., one key for each loss term that is on in this run. */
+static void json_loss_terms(struct emoe_json_out *j, const struct emoe_moe_config *mc,
+                            const double *terms)
+{
+    for (int k = 0; k < EMOE_LOSS_TERMS; k++)
+        if (emoe_loss_term_active(mc, (enum emoe_loss_term)k)) {
+            emoe_json_key(j, emoe_loss_term_name((enum emoe_loss_term)k));
+            emoe_json_double(j, terms[k]);
+        }
+}
+
+static void json_layers(struct emoe_json_out *j, const struct emoe_moe_config *mc,
+                        const struct emoe_train_event *ev)
 {
     emoe_json_key(j, "layers");
     emoe_json_begin_array(j);
@@ -982,6 +994,7 @@ static void json_layers(struct emoe_json_out *j, const struct emoe_train_event *
         emoe_json_int(j, L->routing.unused);
         emoe_json_key(j, "aux_loss");
         emoe_json_double(j, L->aux_loss);
+        json_loss_terms(j, mc, L->loss_terms);
         emoe_json_end_object(j);
     }
     emoe_json_end_array(j);
@@ -1036,6 +1049,8 @@ static void on_event(void *ctx, const struct emoe_train_event *ev)
         emoe_json_double(j, ev->task_loss);
         emoe_json_key(j, "aux_loss");
         emoe_json_double(j, ev->aux_loss);
+        if (r->moe)
+            json_loss_terms(j, &r->o->mc, ev->loss_terms);
         emoe_json_key(j, "grad_norm");
         emoe_json_double(j, ev->grad_norm);
         if (!regress) {
@@ -1044,7 +1059,7 @@ static void on_event(void *ctx, const struct emoe_train_event *ev)
         }
         emoe_json_key(j, "images_per_s");
         emoe_json_double(j, ev->images_per_s);
-        json_layers(j, ev);
+        json_layers(j, &r->o->mc, ev);
     } else if (ev->kind == EMOE_TRAIN_EVAL) {
         emoe_json_key(j, "epoch");
         emoe_json_int(j, ev->epoch);
@@ -1061,7 +1076,7 @@ static void on_event(void *ctx, const struct emoe_train_event *ev)
         }
         emoe_json_key(j, "best");
         emoe_json_bool(j, ev->is_best);
-        json_layers(j, ev);
+        json_layers(j, &r->o->mc, ev);
     } else {
         emoe_json_key(j, "path");
         emoe_json_string(j, ev->path);

@@ -1,6 +1,7 @@
 #!/bin/bash
 # train.sh: emoe-train on a small separable dataset (tests/mk_train_fixtures):
-# every router learns it well above chance, the JSON Lines log has its fields,
+# every router learns it well above chance, the JSON Lines log has its fields
+# (a key for each loss term on in the run, none for the others),
 # kill -9 then --resume ends with the same bytes as an uninterrupted run, SIGINT
 # and SIGTERM save and exit 130/143, a non-finite loss stops cleanly, --config
 # equals the command line, and bad options (2) or bad data (1) write nothing.
@@ -14,6 +15,7 @@ tiny=(--embed-dim 32 --depth 2 --heads 2 --mlp-ratio 2 --experts 4 --rank 8 --bo
       --moe-blocks all --batch 32 --lr 3e-3 --warmup 5 --no-augment)
 last_top1() { grep '"type":"eval"' "$1" | tail -1 | sed 's/.*"val_top1":\([0-9.e-]*\).*/\1/'; }
 not_same() { ! cmp -s "$1" "$2"; }
+lacks() { ! grep -q -- "$1" "$2"; }
 above() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
 
 # --- every router learns (chance is 0.125)
@@ -25,6 +27,22 @@ for r in eigen ermoe softmax "softmax --lbl 0.01" none; do
     top1=$(last_top1 "$T/learn/log.jsonl")
     check "$r: validation top-1 $top1 > 0.5" above "$top1" 0.5
     check "$r: model and state only" only_files "$T/learn" m.safetensors m.safetensors.state log.jsonl
+    # the log has a key for each loss term on in the run, in the step line and per layer
+    case $r in
+    eigen|ermoe) on=ortho_loss ;;
+    "softmax --lbl 0.01") on=lbl_loss ;;
+    *) on= ;;
+    esac
+    for f in ortho_loss lbl_loss importance_loss load_loss z_loss; do
+        if [ "$f" = "$on" ]; then
+            check "$r: step has $f" grep -q '"type":"step",.*"aux_loss":[^,]*,"'$f'":[0-9]' \
+                "$T/learn/log.jsonl"
+            check "$r: layer has $f" grep -q '"layers":\[{"block":0,.*"aux_loss":[^,]*,"'$f'":[0-9]' \
+                "$T/learn/log.jsonl"
+        else
+            check "$r: no $f" lacks "\"$f\":" "$T/learn/log.jsonl"
+        fi
+    done
     rm -rf "$T/learn"
 done
 
