@@ -76,23 +76,6 @@ int prep_archive_error(struct archive *a, const char *path, struct emoe_error *e
 int prep_archive_read_member(struct archive *a, const char *path, const char *member,
                              int64_t hint, size_t max, unsigned char **data, size_t *size,
                              struct emoe_error *err);
-/* An archive read through a mapping of its file where it can be (prep_archive.c): a
- * stored member's data can then be seen in place.  a is the libarchive handle. */
-struct prep_mapped_archive {
-    const char *path;
-    struct archive *a;
-    const unsigned char *map;       /* NULL: read from the file as prep_archive_open does */
-    size_t map_size;
-};
-int prep_archive_open_mapped(const char *path, struct prep_mapped_archive *m,
-                             struct emoe_error *err);
-void prep_archive_close_mapped(struct prep_mapped_archive *m);
-/* The current member's data (bounded by max bytes): in the mapping when it lies there in
- * one piece (*owned NULL; valid until the archive is closed), else a malloc'd copy
- * (*owned == *data, NUL-terminated).  hint as for prep_archive_read_member. */
-int prep_archive_member_view(struct prep_mapped_archive *m, const char *member, int64_t hint,
-                             size_t max, const unsigned char **data, size_t *size,
-                             unsigned char **owned, struct emoe_error *err);
 /* Whole file into memory (bounded). */
 int prep_read_file(const char *path, size_t max, unsigned char **data, size_t *size,
                    struct emoe_error *err);

@@ -30,8 +30,7 @@
 struct member {
     char *key;              /* path inside the source */
     const char *source;     /* for messages: "source: member 'key'" (made only when needed) */
-    const unsigned char *data; /* in the archive's mapping, or owned */
-    unsigned char *owned;   /* malloc'd data (freed with the member), or NULL */
+    unsigned char *data;
     size_t size;
     size_t slot;
     int rc;
@@ -54,8 +53,7 @@ struct nested {
 struct iter {
     const char *source;
     int is_folder, eof;
-    struct prep_mapped_archive ma; /* the archive (ma.a), mapped when it can be */
-    struct archive *a;          /* ma.a */
+    struct archive *a;          /* the archive */
     struct archive *in;         /* a nested tar being read, or NULL */
     struct nested *nst;
     char prefix[4096];          /* keys of the nested tar's members start with this */
@@ -155,7 +153,7 @@ static void batch_clear(struct batch *b)
 {
     for (size_t i = 0; i < b->nm; i++) {
         free(b->m[i].key);
-        free(b->m[i].owned);
+        free(b->m[i].data);
     }
     memset(b->m, 0, sizeof(struct member) * b->nm);
     b->nm = 0;
@@ -167,16 +165,14 @@ static int batch_full(const struct batch *b)
     return b->nm >= b->limit || b->nm == BATCH_ITEMS || b->bytes >= BATCH_BYTES;
 }
 
-/* Append a member (takes owned, which is data or NULL). */
-static int batch_add(struct batch *b, const char *source, const char *key,
-                     const unsigned char *data, unsigned char *owned, size_t size,
-                     struct emoe_error *err)
+/* Append a member (takes data). */
+static int batch_add(struct batch *b, const char *source, const char *key, unsigned char *data,
+                     size_t size, struct emoe_error *err)
 {
     struct member *m = &b->m[b->nm++];
     m->key = strdup(key);
     m->source = source;
     m->data = data;
-    m->owned = owned;
     m->size = size;
     b->bytes += size;
     if (!m->key)
@@ -214,7 +210,8 @@ static void iter_free(struct iter *it)
     if (!it)
         return;
     iter_close_inner(it);
-    prep_archive_close_mapped(&it->ma);
+    if (it->a)
+        archive_read_free(it->a);
     prep_free_strings(it->paths, it->npaths);
     free(it);
 }
@@ -273,7 +270,7 @@ static int iter_fill(struct feeder *f, struct iter *it, struct batch *b, struct 
             size_t size;
             rc = prep_read_file(full, MAX_JPEG_BYTES, &data, &size, err);
             if (rc == EMOE_OK)
-                rc = batch_add(b, it->source, rel, data, data, size, err);
+                rc = batch_add(b, it->source, rel, data, size, err);
             if (rc != EMOE_OK)
                 return rc;
             continue;
@@ -313,20 +310,13 @@ static int iter_fill(struct feeder *f, struct iter *it, struct batch *b, struct 
         }
         if (!wants(f, key))
             continue;
-        int64_t hint = archive_entry_size_is_set(e) ? archive_entry_size(e) : -1;
-        const unsigned char *data;
-        unsigned char *owned;
+        unsigned char *data;
         size_t size;
-        if (it->in) {
-            rc = prep_archive_read_member(a, it->source, key, hint, MAX_JPEG_BYTES, &owned,
-                                          &size, err);
-            data = owned;
-        } else {
-            rc = prep_archive_member_view(&it->ma, key, hint, MAX_JPEG_BYTES, &data, &size,
-                                          &owned, err);
-        }
+        rc = prep_archive_read_member(a, it->source, key,
+                                      archive_entry_size_is_set(e) ? archive_entry_size(e) : -1,
+                                      MAX_JPEG_BYTES, &data, &size, err);
         if (rc == EMOE_OK)
-            rc = batch_add(b, it->source, key, data, owned, size, err);
+            rc = batch_add(b, it->source, key, data, size, err);
         if (rc != EMOE_OK)
             return rc;
     }
@@ -417,8 +407,7 @@ static int iter_open(struct feeder *f, const char *path, struct iter **out,
         if (rc == EMOE_OK && it->npaths > 0)
             qsort(it->paths, it->npaths, sizeof *it->paths, cmp_str);
     } else {
-        rc = prep_archive_open_mapped(path, &it->ma, err);
-        it->a = it->ma.a;
+        rc = prep_archive_open(path, &it->a, err);
     }
     if (rc != EMOE_OK) {
         iter_free(it);

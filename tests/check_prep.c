@@ -896,8 +896,8 @@ START_TEST(test_imagefolder_bad_archives)
     rc = emoe_prep_read(&z, 1, &o, &d, NULL, &err);
     ck_assert_int_eq(rc, EMOE_EFORMAT);
     ck_assert_ptr_nonnull(strstr(err.msg, "cut.zip: "));
-    /* a stored zip with a changed byte in a member: libarchive's CRC-32 check (read as a
-     * stream, the changed CRC also hides the end of the member: "Truncated ZIP file") */
+    /* a stored zip with a changed byte in a member: an error (libarchive's CRC-32 check),
+     * not a dataset with a wrong image */
     const char *bc = tu_tmppath("badcrc.zip");
     write_archive(bc, "zipstore", s.b, s.n);
     unsigned char *zd = tu_read_file(bc, &n);
@@ -909,8 +909,8 @@ START_TEST(test_imagefolder_bad_archives)
     rc = emoe_prep_read(&bc, 1, &o, &d, NULL, &err);
     tu_assert_error(rc, err, EMOE_EFORMAT, "badcrc.zip: truncated or corrupt archive");
     ck_assert_ptr_null(d);
-    /* a stored zip cut where its central directory starts: no end record, so not read
-     * as a stream; an error, not a dataset of the members before the cut */
+    /* a stored zip cut where its central directory starts (every member whole): an
+     * error, not a dataset of the members before the cut */
     const char *cd = tu_tmppath("nocd.zip");
     write_archive(cd, "zipstore", s.b, s.n);
     zd = tu_read_file(cd, &n);
