@@ -207,10 +207,6 @@ void emoe_parallel_for(size_t n, emoe_parallel_fn fn, void *ctx);
  */
 const char *emoe_blas_preferred_coretype(void);
 const char *emoe_blas_corename(void); /* the kernel in use, e.g. "Zen" */
-/* OpenBLAS's thread count now; before the first emoe_threads_set, the threads it
- * started when it loaded (OPENBLAS_NUM_THREADS, else one per CPU), which spin for a
- * while after loading even though emoe then runs OpenBLAS on one thread. */
-int emoe_blas_started_threads(void);
 
 /* ----------------------------------------------------------------- version */
 

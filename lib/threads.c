@@ -182,11 +182,6 @@ static int cpu_has_avx512(void)
 }
 #endif
 
-int emoe_blas_started_threads(void)
-{
-    return openblas_get_num_threads();
-}
-
 const char *emoe_blas_corename(void)
 {
     const char *c = openblas_get_corename();

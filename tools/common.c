@@ -30,34 +30,15 @@ void emoe_tool_init(int argc, char **argv, const char *name)
      * time spent reading the CIFAR-10 zip).  The tools print no local times. */
     setenv("TZ", "UTC", 0);
     const char *core = emoe_blas_preferred_coretype();
-    if (getenv("EMOE_BLAS_CORETYPE_AUTO"))
-        core = NULL; /* this is the run again (or the variable had no effect) */
-    /* emoe runs OpenBLAS on one thread and splits products over its own threads
-     * (lib/gemm.c), but OpenBLAS started its worker threads when it was loaded, and
-     * they spin for a while (a tenth of a second of a core at every start, taken from
-     * emoe's threads on a busy machine): without a thread count of the user's, run
-     * again with OPENBLAS_NUM_THREADS=1, so that none are started. */
-    int blas_threads = !getenv("EMOE_BLAS_THREADS_AUTO") && !getenv("OPENBLAS_NUM_THREADS") &&
-                       !getenv("GOTO_NUM_THREADS") && !getenv("OMP_NUM_THREADS") &&
-                       emoe_blas_started_threads() > 1;
-    if (core || blas_threads) {
-        /* OpenBLAS chose its kernel and threads when it was loaded: run again.
-         * EMOE_BLAS_CORETYPE_AUTO and EMOE_BLAS_THREADS_AUTO record that emoe (not the
-         * user) chose them, and guard against a loop if a variable has no effect. */
-        if (core) {
-            setenv("OPENBLAS_CORETYPE", core, 1);
-            setenv("EMOE_BLAS_CORETYPE_AUTO", core, 1);
-        }
-        if (blas_threads) {
-            setenv("OPENBLAS_NUM_THREADS", "1", 1);
-            setenv("EMOE_BLAS_THREADS_AUTO", "1", 1);
-        }
+    if (core && !getenv("EMOE_BLAS_CORETYPE_AUTO")) {
+        /* OpenBLAS chose its kernel when it was loaded: run again with the right one.
+         * EMOE_BLAS_CORETYPE_AUTO records that emoe (not the user) chose it, and
+         * guards against a loop if the variable has no effect. */
+        setenv("OPENBLAS_CORETYPE", core, 1);
+        setenv("EMOE_BLAS_CORETYPE_AUTO", core, 1);
         execv("/proc/self/exe", argv);
-        /* execv failed: carry on as loaded rather than fail. */
-        if (core)
-            unsetenv("OPENBLAS_CORETYPE");
-        if (blas_threads)
-            unsetenv("OPENBLAS_NUM_THREADS");
+        /* execv failed: carry on with the slow kernel rather than fail. */
+        unsetenv("OPENBLAS_CORETYPE");
     }
 }
 

@@ -43,39 +43,4 @@ for tool in emoe-info emoe-prep emoe-train emoe-eval emoe-fewshot emoe-heatmap; 
         not_ok "$tool has a man page man/$tool.1"
     fi
 done
-
-# OpenBLAS's load-time threads: without a thread count of the user's, a tool runs
-# itself again with OPENBLAS_NUM_THREADS=1, so OpenBLAS starts no (spinning) threads.
-# emoe-info reading a FIFO waits in read(); its environment and threads are then seen
-# in /proc.  With a count of the user's, nothing is changed.
-tool_waiting() { # tool_waiting ENV...: start emoe-info - on a FIFO; sets pid
-    rm -f "$T/fifo"
-    mkfifo "$T/fifo"
-    env -u OPENBLAS_NUM_THREADS -u GOTO_NUM_THREADS -u OMP_NUM_THREADS "$@" \
-        "$TOOLS/emoe-info" - <"$T/fifo" >/dev/null 2>&1 &
-    pid=$!
-    exec 9>"$T/fifo"
-    for _ in $(seq 50); do # until it waits for input (state S, in read)
-        [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = S ] &&
-            tr '\0' '\n' <"/proc/$pid/environ" | grep -q "^EMOE_BLAS_" && break
-        sleep 0.1
-    done
-    sleep 0.3
-}
-if [ -d /proc/self/task ] && [ "$(nproc)" -gt 1 ] && command -v mkfifo >/dev/null; then
-    tool_waiting
-    tr '\0' '\n' <"/proc/$pid/environ" >"$T/environ"
-    check "no OPENBLAS_NUM_THREADS: the tool runs again with 1" grep -q "^OPENBLAS_NUM_THREADS=1$" "$T/environ"
-    check "no OPENBLAS_NUM_THREADS: one thread (OpenBLAS started none)" \
-        test "$(ls "/proc/$pid/task" | wc -l)" = 1
-    exec 9>&-
-    wait "$pid"
-    tool_waiting OPENBLAS_NUM_THREADS=2 EMOE_BLAS_TEST_MARK=1
-    tr '\0' '\n' <"/proc/$pid/environ" >"$T/environ"
-    check "OPENBLAS_NUM_THREADS=2 of the user's: left alone" grep -q "^OPENBLAS_NUM_THREADS=2$" "$T/environ"
-    exec 9>&-
-    wait "$pid"
-else
-    ok "OpenBLAS thread re-run # SKIP needs /proc, mkfifo and two CPUs"
-fi
 done_testing
