@@ -40,6 +40,10 @@ struct collector {
     int regression;             /* labels are f32 targets */
 };
 
+/* An anonymous read-write mapping of bytes (transparent huge pages advised when large):
+ * new when old is NULL, else old (old_bytes, of which used hold data) grown, moved
+ * without a copy where mremap exists.  NULL when out of memory (old is then kept). */
+void *prep_map_grow(void *old, size_t old_bytes, size_t used, size_t bytes);
 int collector_init(struct collector *c, enum emoe_dtype dtype, int ndim, const int64_t *dims,
                    struct emoe_error *err);
 void collector_free(struct collector *c);
@@ -52,6 +56,9 @@ static inline unsigned char *collector_slot(struct collector *c, size_t slot)
 /* A new item (strings are copied; cls/key may be NULL). */
 int collector_add(struct collector *c, const char *cls, const char *key, uint64_t sub,
                   int64_t label, size_t slot, struct prep_item **out, struct emoe_error *err);
+/* An item of just a key (malloc'd; taken, and freed when out of memory) and a slot. */
+int collector_add_key(struct collector *c, char *key, size_t slot, struct prep_item **out,
+                      struct emoe_error *err);
 /* Class names by label (copied). */
 int collector_set_names(struct collector *c, char *const *names, size_t n,
                         struct emoe_error *err);
@@ -76,6 +83,21 @@ int prep_archive_error(struct archive *a, const char *path, struct emoe_error *e
 int prep_archive_read_member(struct archive *a, const char *path, const char *member,
                              int64_t hint, size_t max, unsigned char **data, size_t *size,
                              struct emoe_error *err);
+/* A growing byte buffer: malloc'd, or (map) an anonymous mapping grown by mremap, for
+ * buffers that are large, reused and appended to (no copy, transparent huge pages). */
+struct prep_bytes {
+    unsigned char *p;
+    size_t len, cap;
+    int map;
+};
+/* Room for extra more bytes after len. */
+int prep_bytes_reserve(struct prep_bytes *b, size_t extra, struct emoe_error *err);
+void prep_bytes_free(struct prep_bytes *b);
+/* Append the current member (bounded by max bytes) to b; b->len then includes it, and a
+ * NUL follows it.  On an error b->len is unchanged. */
+int prep_archive_append_member(struct archive *a, const char *path, const char *member,
+                               int64_t hint, size_t max, struct prep_bytes *b,
+                               struct emoe_error *err);
 /* Whole file into memory (bounded). */
 int prep_read_file(const char *path, size_t max, unsigned char **data, size_t *size,
                    struct emoe_error *err);

@@ -99,7 +99,7 @@ static void store_advise(void *p, size_t bytes)
 #endif
 }
 
-static void *store_grow(void *old, size_t old_bytes, size_t used, size_t bytes)
+void *prep_map_grow(void *old, size_t old_bytes, size_t used, size_t bytes)
 {
     void *p;
 #ifdef MREMAP_MAYMOVE
@@ -173,7 +173,7 @@ int collector_reserve(struct collector *c, size_t n, size_t *first, struct emoe_
         if (bytes == 0)
             bytes = 1;
         /* new slots are not cleared: every slot in the dataset is written before use */
-        void *p = store_grow(c->buf->base, c->buf->size, c->nslots * c->item_bytes, bytes);
+        void *p = prep_map_grow(c->buf->base, c->buf->size, c->nslots * c->item_bytes, bytes);
         if (!p)
             return emoe_error_set(err, EMOE_ENOMEM, "out of memory for %zu images", need);
         c->buf->base = p;
@@ -196,26 +196,25 @@ static char *dupstr(const char *s)
     return d;
 }
 
-int collector_add(struct collector *c, const char *cls, const char *key, uint64_t sub,
-                  int64_t label, size_t slot, struct prep_item **out, struct emoe_error *err)
+/* The item, taking cls and key (freed when out of memory). */
+static int add_item(struct collector *c, char *cls, char *key, uint64_t sub, int64_t label,
+                    size_t slot, struct prep_item **out, struct emoe_error *err)
 {
     if (c->nitems == c->items_cap) {
         size_t cap = c->items_cap ? c->items_cap * 2 : 256;
         struct prep_item *p = realloc(c->items, cap * sizeof *p);
-        if (!p)
+        if (!p) {
+            free(cls);
+            free(key);
             return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
+        }
         c->items = p;
         c->items_cap = cap;
     }
     struct prep_item *it = &c->items[c->nitems];
     memset(it, 0, sizeof *it);
-    it->cls = dupstr(cls);
-    it->key = dupstr(key);
-    if ((cls && !it->cls) || (key && !it->key)) {
-        free(it->cls);
-        free(it->key);
-        return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
-    }
+    it->cls = cls;
+    it->key = key;
     it->sub = sub;
     it->label = label;
     it->slot = slot;
@@ -223,6 +222,24 @@ int collector_add(struct collector *c, const char *cls, const char *key, uint64_
     if (out)
         *out = it;
     return EMOE_OK;
+}
+
+int collector_add(struct collector *c, const char *cls, const char *key, uint64_t sub,
+                  int64_t label, size_t slot, struct prep_item **out, struct emoe_error *err)
+{
+    char *cd = dupstr(cls), *kd = dupstr(key);
+    if ((cls && !cd) || (key && !kd)) {
+        free(cd);
+        free(kd);
+        return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
+    }
+    return add_item(c, cd, kd, sub, label, slot, out, err);
+}
+
+int collector_add_key(struct collector *c, char *key, size_t slot, struct prep_item **out,
+                      struct emoe_error *err)
+{
+    return add_item(c, NULL, key, 0, 0, slot, out, err);
 }
 
 int collector_set_names(struct collector *c, char *const *names, size_t n,
@@ -379,7 +396,13 @@ int collector_finish(struct collector *c, const struct emoe_prep_options *o,
     float *tgt = NULL;
     struct emoe_dataset *d = NULL;
 
-    qsort(c->items, c->nitems, sizeof *c->items, cmp_items);
+    /* readers mostly give the items in order already (archives sorted by name): a pass
+     * that finds them so costs far less than the sort */
+    size_t unsorted = 1;
+    while (unsorted < c->nitems && cmp_items(&c->items[unsorted - 1], &c->items[unsorted]) <= 0)
+        unsorted++;
+    if (unsorted < c->nitems)
+        qsort(c->items, c->nitems, sizeof *c->items, cmp_items);
 
     /* class names: from the items' names (sorted, unique) or given by the reader.
      * Taken before corrupt images are dropped, so a class whose images all failed

@@ -5,8 +5,12 @@
  * training tar (a tar of per-class tars, read nested without extracting).
  *
  * Members are read in batches; each batch is decoded in parallel straight into its
- * slots of the output tensor.  The final order is (class, path), so it depends on
- * neither the archive order nor the thread count.
+ * slots of the output tensor while the next one is read.  With several threads the
+ * reading runs ahead for as long as the other threads have images to decode, so a
+ * batch holds what was read meanwhile (up to BATCH_BYTES): the archive's members that
+ * are skipped (another split, the part after the last wanted member) are listed while
+ * the images before them are decoded, not afterwards.  The final order is (class,
+ * path), so it depends on neither the archive order nor the thread count.
  */
 #include "config.h"
 #include "data.h"
@@ -16,31 +20,41 @@
 #include <dirent.h>
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#define BATCH_ITEMS 256
-/* The first batch of a source is read alone (nothing to decode yet), so it is small;
- * each next one may hold twice as many, up to BATCH_ITEMS. */
+/* The first batch of a source is read alone (nothing to decode yet), so it is small.
+ * On one thread each next one may hold twice as many, up to SERIAL_BATCH_ITEMS; on
+ * several, as many as are read while the current one is decoded (at least
+ * FIRST_BATCH_ITEMS unless the source ends), up to MAX_BATCH_ITEMS.  Either way a
+ * batch stops at BATCH_BYTES of JPEG data (the member that passes it included). */
 #define FIRST_BATCH_ITEMS 8
-#define BATCH_BYTES ((size_t)64 << 20)
+#define SERIAL_BATCH_ITEMS 256
+#define MAX_BATCH_ITEMS ((size_t)1 << 16)
+#define BATCH_BYTES ((size_t)4 << 20)
 #define MAX_JPEG_BYTES ((size_t)256 << 20)
 
 struct member {
     char *key;              /* path inside the source */
     const char *source;     /* for messages: "source: member 'key'" (made only when needed) */
-    unsigned char *data;
-    size_t size;
+    size_t off, size;       /* the JPEG: size bytes at the batch's data + off */
     size_t slot;
     int rc;
-    struct emoe_error err;
+    struct emoe_error *err; /* when rc is not EMOE_OK (NULL: out of memory) */
 };
 
+/* The members' bytes follow each other in one mapping, kept from batch to batch, so
+ * reading ahead costs no allocation per member and no page faults after the first
+ * batches.  (Page faults are dear on a virtual machine: with the bytes in malloc'd
+ * buffers grown by realloc, its copies and faults took about an eighth of the CPU
+ * samples of a 2-thread read of the CIFAR-10 zip, batches of 8 MiB.) */
 struct batch {
-    struct member m[BATCH_ITEMS];
-    size_t nm, bytes;
-    size_t limit;           /* items this fill may add (FIRST_BATCH_ITEMS .. BATCH_ITEMS) */
+    struct member *m;
+    size_t nm, cap;
+    struct prep_bytes data;
+    size_t limit;           /* items this fill may add */
 };
 
 struct nested {
@@ -71,6 +85,9 @@ struct feeder {
     int col_ready;
     struct batch b[2];
     int cur;                    /* b[cur] is decoded while b[!cur] is filled */
+    int ahead;                  /* several threads: fill for as long as they decode */
+    atomic_size_t decoded;      /* members of b[cur] decoded so far */
+    size_t decoding;            /* the fill may stop once decoded reaches this */
     struct iter *it;            /* the source being read */
     int fill_rc;
     struct emoe_error fill_err;
@@ -153,31 +170,69 @@ static void batch_clear(struct batch *b)
 {
     for (size_t i = 0; i < b->nm; i++) {
         free(b->m[i].key);
-        free(b->m[i].data);
+        free(b->m[i].err);
     }
-    memset(b->m, 0, sizeof(struct member) * b->nm);
     b->nm = 0;
-    b->bytes = 0;
+    b->data.len = 0;
 }
 
-static int batch_full(const struct batch *b)
+static void batch_free(struct batch *b)
 {
-    return b->nm >= b->limit || b->nm == BATCH_ITEMS || b->bytes >= BATCH_BYTES;
+    batch_clear(b);
+    free(b->m);
+    prep_bytes_free(&b->data);
+    memset(b, 0, sizeof *b);
 }
 
-/* Append a member (takes data). */
-static int batch_add(struct batch *b, const char *source, const char *key, unsigned char *data,
+/* Whether the fill of b stops before its next member: b is full, or (reading ahead)
+ * the threads decoding the current batch are done and b has enough to give them. */
+static int batch_full(struct feeder *f, const struct batch *b)
+{
+    if (b->nm >= b->limit || b->data.len >= BATCH_BYTES)
+        return 1;
+    return f->ahead && b->nm >= FIRST_BATCH_ITEMS &&
+           atomic_load_explicit(&f->decoded, memory_order_relaxed) >= f->decoding;
+}
+
+/* Add a member whose bytes were just appended to b's data (at off, size bytes). */
+static int batch_add(struct batch *b, const char *source, const char *key, size_t off,
                      size_t size, struct emoe_error *err)
 {
-    struct member *m = &b->m[b->nm++];
-    m->key = strdup(key);
-    m->source = source;
-    m->data = data;
-    m->size = size;
-    b->bytes += size;
-    if (!m->key)
+    if (b->nm == b->cap) {
+        size_t cap = b->cap ? 2 * b->cap : 64;
+        struct member *m = realloc(b->m, cap * sizeof *m);
+        if (!m)
+            return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
+        b->m = m;
+        b->cap = cap;
+    }
+    char *k = strdup(key);
+    if (!k)
         return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
+    struct member *m = &b->m[b->nm++];
+    memset(m, 0, sizeof *m);
+    m->key = k;
+    m->source = source;
+    m->off = off;
+    m->size = size;
     return EMOE_OK;
+}
+
+/* A file's bytes appended to b's data (folders). */
+static int batch_append_file(struct batch *b, const char *path, struct emoe_error *err)
+{
+    unsigned char *data;
+    size_t size;
+    int rc = prep_read_file(path, MAX_JPEG_BYTES, &data, &size, err);
+    if (rc != EMOE_OK)
+        return rc;
+    rc = prep_bytes_reserve(&b->data, size, err);
+    if (rc == EMOE_OK && size) {
+        memcpy(b->data.p + b->data.len, data, size);
+        b->data.len += size;
+    }
+    free(data);
+    return rc;
 }
 
 /* ----------------------------------------------------------------- sources */
@@ -247,7 +302,7 @@ static int iter_fill(struct feeder *f, struct iter *it, struct batch *b, struct 
 {
     int rc = EMOE_OK;
     char key[4096];
-    while (!it->eof && !batch_full(b)) {
+    while (!it->eof && !batch_full(f, b)) {
         if (it->is_folder) {
             if (it->pi == it->npaths) {
                 it->eof = 1;
@@ -266,11 +321,10 @@ static int iter_fill(struct feeder *f, struct iter *it, struct batch *b, struct 
             }
             if (!wants(f, rel))
                 continue;
-            unsigned char *data;
-            size_t size;
-            rc = prep_read_file(full, MAX_JPEG_BYTES, &data, &size, err);
+            size_t off = b->data.len;
+            rc = batch_append_file(b, full, err);
             if (rc == EMOE_OK)
-                rc = batch_add(b, it->source, rel, data, size, err);
+                rc = batch_add(b, it->source, rel, off, b->data.len - off, err);
             if (rc != EMOE_OK)
                 return rc;
             continue;
@@ -310,13 +364,12 @@ static int iter_fill(struct feeder *f, struct iter *it, struct batch *b, struct 
         }
         if (!wants(f, key))
             continue;
-        unsigned char *data;
-        size_t size;
-        rc = prep_archive_read_member(a, it->source, key,
-                                      archive_entry_size_is_set(e) ? archive_entry_size(e) : -1,
-                                      MAX_JPEG_BYTES, &data, &size, err);
+        size_t off = b->data.len;
+        rc = prep_archive_append_member(a, it->source, key,
+                                        archive_entry_size_is_set(e) ? archive_entry_size(e) : -1,
+                                        MAX_JPEG_BYTES, &b->data, err);
         if (rc == EMOE_OK)
-            rc = batch_add(b, it->source, key, data, size, err);
+            rc = batch_add(b, it->source, key, off, b->data.len - off, err);
         if (rc != EMOE_OK)
             return rc;
     }
@@ -433,19 +486,22 @@ static void decode_member(struct feeder *f, struct member *m)
     for (;; d = (d + 1) % f->ndec)
         if (!atomic_flag_test_and_set(&f->busy[d]))
             break;
-    m->rc = emoe_jpeg_decode_square(f->dec[d], m->data, m->size, NULL, f->channels, f->side,
-                                    collector_slot(&f->col, m->slot), &m->err);
+    struct emoe_error e = {0};
+    m->rc = emoe_jpeg_decode_square(f->dec[d], f->b[f->cur].data.p + m->off, m->size, NULL,
+                                    f->channels, f->side, collector_slot(&f->col, m->slot), &e);
     int w = 0, h = 0;
     if (m->rc == EMOE_OK && f->o->size == 0)
         prep_jpeg_image_size(f->dec[d], &w, &h);
     atomic_flag_clear(&f->busy[d]);
     if (m->rc == EMOE_OK && f->o->size == 0 && (w != f->side || h != f->side))
-        m->rc = emoe_error_set(&m->err, EMOE_EINVAL, "image is %dx%d, not %dx%d like the "
+        m->rc = emoe_error_set(&e, EMOE_EINVAL, "image is %dx%d, not %dx%d like the "
                                "first; give a size", w, h, f->side, f->side);
     if (m->rc != EMOE_OK) {
         char where[4200];
         member_where(m, where, sizeof where);
-        emoe_error_prefix(&m->err, where);
+        emoe_error_prefix(&e, where);
+        if ((m->err = malloc(sizeof *m->err)))
+            *m->err = e;
     }
 }
 
@@ -456,12 +512,14 @@ static void work_item(void *ctx, size_t i)
     if (i == 0) {
         struct batch *nb = &f->b[!f->cur];
         size_t lim = 2 * f->b[f->cur].limit;
-        nb->limit = lim < BATCH_ITEMS ? lim : BATCH_ITEMS;
+        nb->limit = f->ahead ? MAX_BATCH_ITEMS : lim < SERIAL_BATCH_ITEMS ? lim
+                                                                          : SERIAL_BATCH_ITEMS;
         if (f->it && !f->it->eof && f->fill_rc == EMOE_OK)
             f->fill_rc = iter_fill(f, f->it, nb, &f->fill_err);
         return;
     }
     decode_member(f, &f->b[f->cur].m[i - 1]);
+    atomic_fetch_add_explicit(&f->decoded, 1, memory_order_relaxed);
 }
 
 /* Native size (--size 0): the first readable image gives the (square) side. */
@@ -469,7 +527,8 @@ static int find_native_side(struct feeder *f, struct member *m, struct emoe_erro
 {
     struct emoe_jpeg_info info;
     struct emoe_error e2 = {0};
-    if (emoe_jpeg_read_info(f->dec[0], m->data, m->size, NULL, &info, &e2) != EMOE_OK)
+    const unsigned char *jpeg = f->b[f->cur].data.p + m->off;
+    if (emoe_jpeg_read_info(f->dec[0], jpeg, m->size, NULL, &info, &e2) != EMOE_OK)
         return EMOE_OK; /* corrupt: handled by the decode */
     if (info.width != info.height) {
         char where[4200];
@@ -502,25 +561,31 @@ static int step(struct feeder *f, struct emoe_error *err)
         return rc;
     for (size_t i = 0; i < b->nm; i++)
         b->m[i].slot = first + i;
+    atomic_store(&f->decoded, 0);
+    f->decoding = b->nm;
     emoe_parallel_for(b->nm + 1, work_item, f);
     for (size_t i = 0; i < b->nm && rc == EMOE_OK; i++) {
         struct member *m = &b->m[i];
         if (m->rc == EMOE_OK) {
-            rc = collector_add(&f->col, NULL, m->key, 0, 0, m->slot, NULL, err);
+            rc = collector_add_key(&f->col, m->key, m->slot, NULL, err);
+            m->key = NULL;
         } else if (m->rc == EMOE_EFORMAT && !f->o->strict) {
             /* kept as a dropped item: its folder still names a class, so the labels
              * of the other classes do not depend on which images decoded */
             struct prep_item *it = NULL;
-            rc = collector_add(&f->col, NULL, m->key, 0, 0, m->slot, &it, err);
+            rc = collector_add_key(&f->col, m->key, m->slot, &it, err);
+            m->key = NULL;
             if (it)
                 it->bad = 1;
             f->skipped++;
             if (f->o->warn)
-                f->o->warn(f->o->ctx, m->err.msg);
-        } else {
+                f->o->warn(f->o->ctx, m->err ? m->err->msg : "out of memory");
+        } else if (m->err) {
             if (err)
-                *err = m->err;
+                *err = *m->err;
             rc = m->rc;
+        } else {
+            rc = emoe_error_set(err, EMOE_ENOMEM, "out of memory");
         }
     }
     batch_clear(b);
@@ -544,6 +609,7 @@ static int read_source(struct feeder *f, const char *path, struct emoe_error *er
     f->fill_rc = EMOE_OK;
     /* the first batch alone, then each step decodes one while reading the next */
     f->b[f->cur].limit = FIRST_BATCH_ITEMS;
+    f->decoding = SIZE_MAX; /* nothing is decoded while the first batch is read */
     rc = iter_fill(f, f->it, &f->b[f->cur], err);
     while (rc == EMOE_OK && (f->b[f->cur].nm > 0 || !f->it->eof))
         rc = step(f, err);
@@ -862,6 +928,8 @@ int prep_read_imagefolder(const char *const *src, size_t n, enum emoe_prep_forma
         }
     }
     f->ndec = emoe_threads_get();
+    f->ahead = f->ndec > 1 && !emoe_in_parallel();
+    f->b[0].data.map = f->b[1].data.map = 1;
     f->dec = calloc((size_t)f->ndec, sizeof *f->dec);
     f->busy = calloc((size_t)f->ndec, sizeof *f->busy);
     if (!f->dec || !f->busy)
@@ -901,8 +969,8 @@ int prep_read_imagefolder(const char *const *src, size_t n, enum emoe_prep_forma
         f->col_ready = 0;
         rc = collector_finish(&f->col, o, out, err);
     }
-    batch_clear(&f->b[0]);
-    batch_clear(&f->b[1]);
+    batch_free(&f->b[0]);
+    batch_free(&f->b[1]);
     iter_free(f->it);
     if (f->col_ready)
         collector_free(&f->col);

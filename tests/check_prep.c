@@ -554,6 +554,75 @@ START_TEST(test_imagefolder_layouts_agree)
 }
 END_TEST
 
+/* A zip as CIFAR-10's is laid out: the test split first, then many more train members
+ * after it.  Read with several threads, the test split's reader runs ahead over the
+ * train members while the test images decode, and the train split's reader skips the
+ * test members first; both give what one thread gives.  The same zip with a stub in
+ * front (read by libarchive's seekable reader, not the streaming one) agrees too. */
+START_TEST(test_imagefolder_split_read_ahead)
+{
+    enum { NTEST = 30, NTRAIN = 600 };
+    struct blob *b = calloc(NTEST + NTRAIN, sizeof *b);
+    char (*names)[64] = calloc(NTEST + NTRAIN, sizeof *names);
+    unsigned char **data = calloc(NTEST + NTRAIN, sizeof *data);
+    for (int i = 0; i < NTEST + NTRAIN; i++) {
+        int test = i < NTEST, k = test ? i : i - NTEST;
+        unsigned long sz;
+        data[i] = make_jpeg(k % NCLS, k % 7, 16, 16, &sz);
+        snprintf(names[i], sizeof names[i], "c/%s/%s/%04d.jpg", test ? "test" : "train",
+                 cls_names[k % NCLS], k);
+        b[i] = (struct blob){names[i], data[i], sz};
+    }
+    const char *z = tu_tmppath("split.zip");
+    write_archive(z, "zipstore", b, NTEST + NTRAIN);
+    size_t n;
+    unsigned char *zd = tu_read_file(z, &n);
+    unsigned char *stubbed = malloc(n + 100);
+    memset(stubbed, '#', 100);
+    memcpy(stubbed + 100, zd, n);
+    const char *zs = tu_tmppath("stub.zip");
+    tu_write_file(zs, stubbed, n + 100);
+    free(stubbed);
+    free(zd);
+    int t0 = emoe_threads_get();
+    const char *splits[2] = {"test", "train"};
+    const int64_t count[2] = {NTEST, NTRAIN};
+    for (int s = 0; s < 2; s++) {
+        struct emoe_prep_options o;
+        emoe_prep_options_init(&o);
+        o.format = EMOE_PREP_IMAGEFOLDER; /* the stub hides the zip from detection */
+        o.size = 16;
+        o.split = splits[s];
+        struct emoe_prep_result res;
+        emoe_threads_set(1);
+        struct emoe_dataset *one = prep1(z, &o, &res);
+        ck_assert_int_eq(one->images->shape[0], count[s]);
+        ck_assert_uint_eq(one->nclasses, NCLS);
+        const int64_t *lab = one->labels->data;
+        for (int64_t i = 1; i < count[s]; i++)
+            ck_assert_int_le(lab[i - 1], lab[i]); /* class order */
+        for (int t = 2; t <= 3; t++) {
+            emoe_threads_set(t);
+            const char *srcs[2] = {z, zs};
+            for (int v = 0; v < 2; v++) {
+                struct emoe_dataset *d = prep1(srcs[v], &o, &res);
+                ck_assert_int_eq(d->images->shape[0], count[s]);
+                ck_assert_mem_eq(d->images->data, one->images->data, one->images->nbytes);
+                ck_assert_mem_eq(d->labels->data, one->labels->data, one->labels->nbytes);
+                emoe_dataset_free(d);
+            }
+        }
+        emoe_dataset_free(one);
+    }
+    emoe_threads_set(t0);
+    for (int i = 0; i < NTEST + NTRAIN; i++)
+        free(data[i]);
+    free(data);
+    free(names);
+    free(b);
+}
+END_TEST
+
 START_TEST(test_imagefolder_native_size_and_subdir)
 {
     struct jset s;
@@ -1432,6 +1501,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_cifar_errors);
     tcase_add_test(tc, test_imagefolder_layouts_agree);
     tcase_add_test(tc, test_imagefolder_native_size_and_subdir);
+    tcase_add_test(tc, test_imagefolder_split_read_ahead);
     tcase_add_test(tc, test_imagenet_nested_tars);
     tcase_add_test(tc, test_tinyimagenet);
     tcase_add_test(tc, test_imagenet_val_label_file);
