@@ -351,9 +351,13 @@ static int iter_fill(struct feeder *f, struct iter *it, struct batch *b, struct 
                 return rc;
             continue;
         }
-        if ((size_t)snprintf(key, sizeof key, "%s%s", it->in ? it->prefix : "",
-                             norm_key(name)) >= sizeof key)
+        /* key = prefix + name (snprintf was a visible share of listing a zip) */
+        const char *nk = norm_key(name);
+        size_t pl = it->in ? strlen(it->prefix) : 0, nl = strlen(nk);
+        if (nl >= sizeof key - pl)
             continue;
+        memcpy(key, it->prefix, pl);
+        memcpy(key + pl, nk, nl + 1);
         int ti = tiny_text_index(f, key);
         if (ti >= 0 && !f->text[ti]) {
             rc = prep_archive_read_member(a, it->source, key, -1, MAX_TEXT, &f->text[ti],
