@@ -417,45 +417,26 @@ static int scan_names(struct archive *a, int compressed, struct name_counts *k)
     return r;
 }
 
-/* A zip's names from its local headers, read in order by libarchive's streaming zip
- * reader, as prep_archive_open reads a whole zip (see there), but here for any zip:
- * only names are wanted, and the seekable reader would first parse the whole central
- * directory.  -1 when that reader cannot read this zip; detection then takes the
- * usual way. */
-static int scan_zip_streaming(const char *path, struct name_counts *k)
-{
-    struct archive *a = archive_read_new();
-    if (!a)
-        return -1;
-    int r = ARCHIVE_FATAL;
-    if (archive_read_support_format_zip_streamable(a) == ARCHIVE_OK &&
-        archive_read_open_filename(a, path, 1 << 16) == ARCHIVE_OK)
-        r = scan_names(a, 0, k);
-    archive_read_free(a);
-    return r == ARCHIVE_OK || r == ARCHIVE_EOF ? 0 : -1;
-}
-
 /* Look at the member names of an archive: the first 4096 when it is compressed (where
  * skipping means decompressing), or when they already decide the format and nothing
  * looks like tiny-imagenet (JPEGs in folders named 'images', whose 'wnids.txt' may come
- * anywhere); else all of them. */
-static int detect_archive(const char *path, int compressed, int is_zip,
-                          enum emoe_prep_format *fmt, struct emoe_error *err)
+ * anywhere); else all of them.  Opened as the readers open it (a whole zip with the
+ * streaming reader: no central-directory parse before the first name). */
+static int detect_archive(const char *path, int compressed, enum emoe_prep_format *fmt,
+                          struct emoe_error *err)
 {
     struct name_counts k;
-    if (!is_zip || compressed || scan_zip_streaming(path, &k) != 0) {
-        struct archive *a;
-        int rc = prep_archive_open(path, &a, err);
-        if (rc != EMOE_OK)
-            return rc;
-        int r = scan_names(a, compressed, &k);
-        if (r == ARCHIVE_FATAL) {
-            rc = prep_archive_error(a, path, err);
-            archive_read_free(a);
-            return rc;
-        }
+    struct archive *a;
+    int rc = prep_archive_open(path, &a, err);
+    if (rc != EMOE_OK)
+        return rc;
+    int r = scan_names(a, compressed, &k);
+    if (r == ARCHIVE_FATAL) {
+        rc = prep_archive_error(a, path, err);
         archive_read_free(a);
+        return rc;
     }
+    archive_read_free(a);
     if (k.bins)
         *fmt = k.c100 ? EMOE_PREP_CIFAR100 : EMOE_PREP_CIFAR10;
     else if (k.wnids)
@@ -528,7 +509,7 @@ static int detect(const char *path, enum emoe_prep_format *fmt, struct emoe_erro
     int is_zip = n >= 4 && h[0] == 'P' && h[1] == 'K';
     int is_tar = n >= 262 && memcmp(h + 257, "ustar", 5) == 0;
     if (is_zip || is_tar || gz)
-        return detect_archive(path, gz, is_zip, fmt, err);
+        return detect_archive(path, gz, fmt, err);
     return emoe_error_set(err, EMOE_EFORMAT, "%s: unknown format (not an archive, idx, CIFAR "
                           "batch or NIfTI file)", path);
 }
