@@ -791,6 +791,43 @@ START_TEST(test_tinyimagenet)
 }
 END_TEST
 
+START_TEST(test_detect_many_members)
+{
+    /* detection stops early once the names decide the format, except where a later
+     * name may still change it: 300 JPEGs in class folders are an imagefolder; the same
+     * in tiny-imagenet's 'images' folders with wnids.txt at the end are tiny-imagenet */
+    enum { N = 300 };
+    unsigned long sz;
+    unsigned char *j = make_jpeg(1, 2, 8, 8, &sz);
+    const char *wnids = "n01\nn02\n", *words = "n01\tcat\nn02\tdog\n";
+    struct blob b[N + 2];
+    static char names[N][64];
+    for (int tiny = 0; tiny < 2; tiny++) {
+        for (int i = 0; i < N; i++) {
+            if (tiny)
+                snprintf(names[i], sizeof names[i], "t/train/n0%d/images/%03d.JPEG", 1 + i % 2, i);
+            else
+                snprintf(names[i], sizeof names[i], "f/c%d/%03d.jpg", i % 2, i);
+            b[i] = (struct blob){names[i], j, sz};
+        }
+        b[N] = (struct blob){"t/wnids.txt", wnids, strlen(wnids)};
+        b[N + 1] = (struct blob){"t/words.txt", words, strlen(words)};
+        const char *p = tu_tmppath(tiny ? "many-tiny.tar" : "many.tar");
+        write_archive(p, "tar", b, tiny ? N + 2 : N);
+        struct emoe_prep_options o;
+        emoe_prep_options_init(&o);
+        struct emoe_prep_result res;
+        struct emoe_dataset *d = prep1(p, &o, &res);
+        ck_assert_int_eq(res.format, tiny ? EMOE_PREP_TINYIMAGENET : EMOE_PREP_IMAGEFOLDER);
+        ck_assert_int_eq(d->images->shape[0], N);
+        ck_assert_uint_eq(d->nclasses, 2);
+        ck_assert_str_eq(d->classes[1], tiny ? "dog" : "c1");
+        emoe_dataset_free(d);
+    }
+    free(j);
+}
+END_TEST
+
 START_TEST(test_imagenet_val_label_file)
 {
     unsigned long sz[4];
@@ -1504,6 +1541,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_imagefolder_split_read_ahead);
     tcase_add_test(tc, test_imagenet_nested_tars);
     tcase_add_test(tc, test_tinyimagenet);
+    tcase_add_test(tc, test_detect_many_members);
     tcase_add_test(tc, test_imagenet_val_label_file);
     tcase_add_test(tc, test_imagefolder_corrupt_jpeg);
     tcase_add_test(tc, test_imagefolder_class_all_corrupt_keeps_labels);
