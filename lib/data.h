@@ -40,10 +40,11 @@ struct collector {
     int regression;             /* labels are f32 targets */
 };
 
-/* An anonymous read-write mapping of bytes (transparent huge pages advised when large):
- * new when old is NULL, else old (old_bytes, of which used hold data) grown, moved
- * without a copy where mremap exists.  NULL when out of memory (old is then kept). */
-void *prep_map_grow(void *old, size_t old_bytes, size_t used, size_t bytes);
+/* An anonymous read-write mapping of at least *bytes (set to its length: rounded up to
+ * whole, aligned transparent huge pages, which are advised): new when old is NULL, else
+ * old (old_bytes, of which used hold data) grown, moved without a copy where mremap
+ * exists.  NULL when out of memory (old is then kept). */
+void *prep_map_grow(void *old, size_t old_bytes, size_t used, size_t *bytes);
 int collector_init(struct collector *c, enum emoe_dtype dtype, int ndim, const int64_t *dims,
                    struct emoe_error *err);
 void collector_free(struct collector *c);

@@ -254,7 +254,7 @@ int prep_bytes_reserve(struct prep_bytes *b, size_t extra, struct emoe_error *er
     size_t need = b->len + extra, cap = b->cap ? b->cap : 65536;
     while (cap < need)
         cap *= 2; /* need <= SIZE_MAX / 2: no overflow */
-    void *p = b->map ? prep_map_grow(b->p, b->cap, b->len, cap) : realloc(b->p, cap);
+    void *p = b->map ? prep_map_grow(b->p, b->cap, b->len, &cap) : realloc(b->p, cap);
     if (!p)
         return emoe_error_set(err, EMOE_ENOMEM, "out of memory");
     b->p = p;
