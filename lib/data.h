@@ -5,6 +5,7 @@
 #ifndef EMOE_DATA_H
 #define EMOE_DATA_H
 
+#include <locale.h>
 #include "internal.h"
 
 #include <zlib.h>
@@ -77,6 +78,14 @@ void prep_jpeg_image_size(const struct emoe_jpeg *j, int *w, int *h);
 
 /* Open an archive file for streaming reads (any format and filter libarchive knows). */
 int prep_archive_open(const char *path, struct archive **out, struct emoe_error *err);
+/* Member names: libarchive converts them to the charset of the calling thread's locale,
+ * and in the "C" locale (a program's until it calls setlocale) a UTF-8 name with a
+ * non-ASCII letter (a zip's "café/", flagged UTF-8; a pax tar's) cannot be converted:
+ * the member comes without a name.  Code that reads headers runs between these two,
+ * which switch the calling thread (only it: uselocale) to a UTF-8 LC_CTYPE, so names
+ * are UTF-8 whatever the program's locale.  Returns what to give to prep_utf8_leave. */
+locale_t prep_utf8_enter(void);
+void prep_utf8_leave(locale_t old);
 /* "path: <libarchive's message>" as EMOE_EFORMAT (truncated or corrupt archive). */
 int prep_archive_error(struct archive *a, const char *path, struct emoe_error *err);
 /* Read the current member whole (bounded by max bytes) into a malloc'd buffer (one

@@ -105,7 +105,8 @@ static int read_archive(struct cifar *cf, const char *path, struct emoe_error *e
     }
     struct archive_entry *e;
     int r;
-    while ((r = archive_read_next_header(a, &e)) == ARCHIVE_OK) {
+    locale_t old = prep_utf8_enter();
+    while ((r = archive_read_next_header(a, &e)) == ARCHIVE_OK || r == ARCHIVE_WARN) {
         const char *name = archive_entry_pathname(e);
         if (!name || archive_entry_filetype(e) != AE_IFREG)
             continue;
@@ -169,6 +170,7 @@ static int read_archive(struct cifar *cf, const char *path, struct emoe_error *e
         snprintf(cf->missing, sizeof cf->missing, "%s: missing label file '%s' (the class "
                  "names) in this archive", path, names_file(cf));
 done:
+    prep_utf8_leave(old);
     free(rec);
     archive_read_free(a);
     return rc;

@@ -12,6 +12,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <locale.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -238,6 +240,26 @@ int prep_archive_open(const char *path, struct archive **out, struct emoe_error 
     return EMOE_OK;
 }
 
+static locale_t utf8_locale;
+static pthread_once_t utf8_once = PTHREAD_ONCE_INIT;
+
+static void make_utf8_locale(void)
+{
+    utf8_locale = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+}
+
+locale_t prep_utf8_enter(void)
+{
+    pthread_once(&utf8_once, make_utf8_locale);
+    return utf8_locale == (locale_t)0 ? (locale_t)0 : uselocale(utf8_locale);
+}
+
+void prep_utf8_leave(locale_t old)
+{
+    if (old != (locale_t)0)
+        uselocale(old);
+}
+
 int prep_archive_error(struct archive *a, const char *path, struct emoe_error *err)
 {
     const char *m = archive_error_string(a);
@@ -397,7 +419,8 @@ static int scan_names(struct archive *a, int compressed, struct name_counts *k)
     struct archive_entry *e;
     int r = ARCHIVE_OK;
     memset(k, 0, sizeof *k);
-    for (size_t i = 0; (r = archive_read_next_header(a, &e)) == ARCHIVE_OK; i++) {
+    for (size_t i = 0; (r = archive_read_next_header(a, &e)) == ARCHIVE_OK || r == ARCHIVE_WARN;
+         i++) {
         if ((i >= SCAN_DECIDED && (k->jpgs || k->bins || k->tars) && !k->tinyish) ||
             (i >= SCAN_COMPRESSED && compressed))
             break;
@@ -437,7 +460,9 @@ static int detect_archive(const char *path, int compressed, enum emoe_prep_forma
     int rc = prep_archive_open(path, &a, err);
     if (rc != EMOE_OK)
         return rc;
+    locale_t old = prep_utf8_enter();
     int r = scan_names(a, compressed, &k);
+    prep_utf8_leave(old);
     if (r == ARCHIVE_FATAL) {
         rc = prep_archive_error(a, path, err);
         archive_read_free(a);

@@ -298,7 +298,19 @@ static int open_nested(struct iter *it, const char *name, struct emoe_error *err
 
 /* Read members into b until it is full or the source ends.  Runs alone (it may run
  * while another batch is decoded; it touches neither the collector nor the decoders). */
+static int iter_fill_names(struct feeder *f, struct iter *it, struct batch *b,
+                           struct emoe_error *err);
+
 static int iter_fill(struct feeder *f, struct iter *it, struct batch *b, struct emoe_error *err)
+{
+    locale_t old = prep_utf8_enter(); /* on the thread that runs the fill */
+    int rc = iter_fill_names(f, it, b, err);
+    prep_utf8_leave(old);
+    return rc;
+}
+
+static int iter_fill_names(struct feeder *f, struct iter *it, struct batch *b,
+                           struct emoe_error *err)
 {
     int rc = EMOE_OK;
     char key[4096];

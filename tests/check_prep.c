@@ -11,6 +11,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <jpeglib.h>
+#include <locale.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,15 +26,25 @@ struct blob {
     size_t size;
 };
 
+/* write_archive under a UTF-8 locale: names are stored as UTF-8 (a zip flags them so,
+ * as most zip writers do; a pax tar gives them in 'path' records). */
+static int utf8_names;
+
 /* Write an archive of blobs; format "tar", "tgz", "zip" (deflated), "zipstore" (stored;
  * libarchive writes both with data descriptors after the data). */
 static void write_archive(const char *path, const char *fmt, const struct blob *b, size_t n)
 {
+    locale_t u8 = utf8_names ? newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0) : (locale_t)0;
+    locale_t old = u8 ? uselocale(u8) : (locale_t)0;
+    ck_assert(!utf8_names || u8);
     struct archive *a = archive_write_new();
     if (!strcmp(fmt, "zip") || !strcmp(fmt, "zipstore")) {
         archive_write_set_format_zip(a);
         if (!strcmp(fmt, "zipstore"))
             ck_assert_int_eq(archive_write_set_format_option(a, "zip", "compression", "store"),
+                             ARCHIVE_OK);
+        if (utf8_names)
+            ck_assert_int_eq(archive_write_set_format_option(a, "zip", "hdrcharset", "UTF-8"),
                              ARCHIVE_OK);
     } else {
         archive_write_set_format_pax_restricted(a);
@@ -53,6 +64,10 @@ static void write_archive(const char *path, const char *fmt, const struct blob *
     }
     ck_assert_int_eq(archive_write_close(a), ARCHIVE_OK);
     archive_write_free(a);
+    if (u8) {
+        uselocale(old);
+        freelocale(u8);
+    }
 }
 
 static void write_gz(const char *path, const void *data, size_t n)
@@ -824,6 +839,43 @@ START_TEST(test_tinyimagenet)
 }
 END_TEST
 
+START_TEST(test_utf8_member_names)
+{
+    /* class folders with non-ASCII names, in a zip that flags its names UTF-8 and in a
+     * pax tar: found and named whatever the program's locale (here "C", where libarchive
+     * alone gives such members no name at all) */
+    unsigned long sz[3];
+    unsigned char *j[3];
+    for (int i = 0; i < 3; i++)
+        j[i] = make_jpeg(i, i, 8, 8, &sz[i]);
+    struct blob b[] = {
+        {"data/caf\xc3\xa9/0.jpg", j[0], sz[0]},
+        {"data/caf\xc3\xa9/1.jpg", j[1], sz[1]},
+        {"data/th\xc3\xa9 vert/2.jpg", j[2], sz[2]},
+    };
+    const char *fmts[2] = {"zipstore", "tar"};
+    utf8_names = 1;
+    for (int k = 0; k < 2; k++) {
+        const char *p = tu_tmppath(k ? "utf8.tar" : "utf8.zip");
+        write_archive(p, fmts[k], b, 3);
+        struct emoe_prep_options o;
+        emoe_prep_options_init(&o);
+        struct emoe_prep_result res;
+        struct emoe_dataset *d = prep1(p, &o, &res);
+        ck_assert_int_eq(res.format, EMOE_PREP_IMAGEFOLDER);
+        ck_assert_int_eq(d->images->shape[0], 3);
+        ck_assert_uint_eq(d->nclasses, 2);
+        ck_assert_str_eq(d->classes[0], "caf\xc3\xa9");
+        ck_assert_str_eq(d->classes[1], "th\xc3\xa9 vert");
+        ck_assert_int_eq(label_at(d, 2), 1);
+        emoe_dataset_free(d);
+    }
+    utf8_names = 0;
+    for (int i = 0; i < 3; i++)
+        free(j[i]);
+}
+END_TEST
+
 START_TEST(test_detect_many_members)
 {
     /* detection stops early once the names decide the format, except where a later
@@ -1576,6 +1628,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_imagenet_nested_tars);
     tcase_add_test(tc, test_tinyimagenet);
     tcase_add_test(tc, test_detect_many_members);
+    tcase_add_test(tc, test_utf8_member_names);
     tcase_add_test(tc, test_imagenet_val_label_file);
     tcase_add_test(tc, test_imagefolder_corrupt_jpeg);
     tcase_add_test(tc, test_imagefolder_class_all_corrupt_keeps_labels);
