@@ -121,6 +121,10 @@ int prep_gz_read(gzFile g, const char *path, void *buf, size_t n, const char *wh
                  struct emoe_error *err);
 const char *prep_basename(const char *path);
 int prep_has_suffix(const char *s, const char *suffix); /* case-insensitive */
+/* Whether a name inside a source is left out: a hidden file or folder on its path (a
+ * name starting with '.': ".DS_Store", ".ipynb_checkpoints/", macOS's "._x.jpg"
+ * resource forks) or macOS's "__MACOSX" metadata folder.  Folders and archives alike. */
+int prep_skipped_name(const char *path);
 
 /* The readers. */
 int prep_read_mnist(const char *const *src, size_t n, const struct emoe_prep_options *o,

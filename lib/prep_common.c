@@ -58,6 +58,20 @@ const char *prep_basename(const char *path)
     return s ? s + 1 : path;
 }
 
+int prep_skipped_name(const char *path)
+{
+    for (const char *c = path; *c;) {
+        size_t n = strcspn(c, "/");
+        int dots = (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.');
+        if ((c[0] == '.' && !dots) || (n == 8 && !strncmp(c, "__MACOSX", 8)))
+            return 1;
+        c += n;
+        while (*c == '/')
+            c++;
+    }
+    return 0;
+}
+
 int prep_has_suffix(const char *s, const char *suffix)
 {
     size_t n = strlen(s), m = strlen(suffix);
@@ -425,7 +439,7 @@ static int scan_names(struct archive *a, int compressed, struct name_counts *k)
             (i >= SCAN_COMPRESSED && compressed))
             break;
         const char *name = archive_entry_pathname(e);
-        if (!name)
+        if (!name || prep_skipped_name(name))
             continue;
         const char *b = prep_basename(name);
         if (prep_has_suffix(name, ".bin"))

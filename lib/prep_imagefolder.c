@@ -355,7 +355,7 @@ static int iter_fill_names(struct feeder *f, struct iter *it, struct batch *b,
         if (r != ARCHIVE_OK && r != ARCHIVE_WARN)
             return prep_archive_error(a, it->source, err);
         const char *name = archive_entry_pathname(e);
-        if (!name || archive_entry_filetype(e) != AE_IFREG)
+        if (!name || archive_entry_filetype(e) != AE_IFREG || prep_skipped_name(name))
             continue;
         if (!it->in && prep_has_suffix(name, ".tar")) {
             rc = open_nested(it, name, err);
@@ -413,8 +413,8 @@ static int walk(const char *root, const char *rel, struct paths *ps, int depth,
     struct dirent *de;
     int rc = EMOE_OK;
     while (rc == EMOE_OK && (de = readdir(d))) {
-        if (de->d_name[0] == '.')
-            continue;
+        if (de->d_name[0] == '.' || prep_skipped_name(de->d_name))
+            continue; /* also "." and ".." */
         char sub[4096], full[8200];
         if ((size_t)snprintf(sub, sizeof sub, "%s%s%s", rel, rel[0] ? "/" : "", de->d_name) >=
             sizeof sub)

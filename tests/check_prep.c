@@ -876,6 +876,61 @@ START_TEST(test_utf8_member_names)
 }
 END_TEST
 
+START_TEST(test_hidden_and_macos_members)
+{
+    /* what macOS and notebooks leave next to the images: the "__MACOSX" folder of
+     * "._" resource forks (named .jpg, not JPEGs), ".ipynb_checkpoints", ".DS_Store".
+     * Skipped in an archive as in a folder: classes cat and dog, two images, none
+     * counted as corrupt */
+    unsigned long sz[3];
+    unsigned char *j[3];
+    for (int i = 0; i < 3; i++)
+        j[i] = make_jpeg(i, i, 8, 8, &sz[i]);
+    static const char fork[] = "\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ";
+    struct blob b[] = {
+        {"data/cat/1.jpg", j[0], sz[0]},
+        {"__MACOSX/data/cat/._1.jpg", fork, sizeof fork},
+        {"data/dog/2.jpg", j[1], sz[1]},
+        {"data/dog/._2.jpg", fork, sizeof fork},
+        {"data/.ipynb_checkpoints/3-checkpoint.jpg", j[2], sz[2]},
+        {"data/cat/.DS_Store", fork, sizeof fork},
+    };
+    const size_t nb = sizeof b / sizeof *b;
+    const char *zip = tu_tmppath("mac.zip");
+    write_archive(zip, "zip", b, nb);
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", tu_tmppath("mac"));
+    const char *dirs[] = {"", "/data", "/data/cat", "/data/dog", "/data/.ipynb_checkpoints",
+                          "/__MACOSX", "/__MACOSX/data", "/__MACOSX/data/cat"};
+    for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
+        char p[600];
+        snprintf(p, sizeof p, "%s%s", dir, dirs[i]);
+        ck_assert_int_eq(mkdir(p, 0755), 0);
+    }
+    for (size_t i = 0; i < nb; i++) {
+        char p[600];
+        snprintf(p, sizeof p, "%s/%s", dir, b[i].name);
+        tu_write_file(p, b[i].data, b[i].size);
+    }
+    const char *srcs[2] = {zip, dir};
+    for (int k = 0; k < 2; k++) {
+        struct emoe_prep_options o;
+        emoe_prep_options_init(&o);
+        struct emoe_prep_result res;
+        struct emoe_dataset *d = prep1(srcs[k], &o, &res);
+        ck_assert_int_eq(d->images->shape[0], 2);
+        ck_assert_uint_eq(res.skipped, 0);
+        ck_assert_uint_eq(d->nclasses, 2);
+        ck_assert_str_eq(d->classes[0], "cat");
+        ck_assert_str_eq(d->classes[1], "dog");
+        ck_assert_int_eq(label_at(d, 1), 1);
+        emoe_dataset_free(d);
+    }
+    for (int i = 0; i < 3; i++)
+        free(j[i]);
+}
+END_TEST
+
 START_TEST(test_detect_many_members)
 {
     /* detection stops early once the names decide the format, except where a later
@@ -1628,6 +1683,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_imagenet_nested_tars);
     tcase_add_test(tc, test_tinyimagenet);
     tcase_add_test(tc, test_detect_many_members);
+    tcase_add_test(tc, test_hidden_and_macos_members);
     tcase_add_test(tc, test_utf8_member_names);
     tcase_add_test(tc, test_imagenet_val_label_file);
     tcase_add_test(tc, test_imagefolder_corrupt_jpeg);
