@@ -311,6 +311,20 @@ static void row(const char *what, int threads, size_t images, struct rate r, con
            r.wall / threads, r.cpu, target);
 }
 
+/* The chunked plain decode at -j 1 and -j 2 in alternating rounds: its -j 2 row. */
+static void plain_scaling_row(const char *what, const struct blobs *b, size_t chunk, int reps)
+{
+    struct rate p1 = {0, 0}, p2 = {0, 0};
+    for (int r = 0; r < reps; r++) {
+        chunked_decode_run(b, chunk, 1, &p1);
+        chunked_decode_run(b, chunk, 2, &p2);
+    }
+    char t[96];
+    snprintf(t, sizeof t, "(reference) scaling %.2fx; cpu eff. %.2f", p2.wall / p1.wall,
+             p2.cpu / p1.cpu);
+    row(what, 2, b->n, p2, t);
+}
+
 static const char *verdict(int ok)
 {
     return ok ? "PASS" : "MISS";
@@ -364,7 +378,6 @@ int main(int argc, char **argv)
     const char *both[2] = {"train", "test"}, *none[1] = {NULL};
     size_t n, bad = 0;
     struct blobs cb = {0}, ib = {0};
-    struct rate p1, p2; /* the plain decode at -j 1 and -j 2 */
     char t[96];
 
     /* CIFAR-10 JPEG zip: all 60,000 images (train and test) at 32x32 */
@@ -380,14 +393,7 @@ int main(int argc, char **argv)
     row("cifar zip: libjpeg-turbo decode, full", 1, cb.n, c_full, "(reference)");
     struct rate c8 = plain_decode_rate(&cb, 8, reps, &bad);
     row("cifar zip: libjpeg-turbo decode, 1/8 scale", 1, cb.n, c8, "(reference)");
-    p1 = p2 = (struct rate){0, 0};
-    for (int r = 0; r < reps; r++) {
-        chunked_decode_run(&cb, 256, 1, &p1);
-        chunked_decode_run(&cb, 256, 2, &p2);
-    }
-    snprintf(t, sizeof t, "(reference) scaling %.2fx; cpu eff. %.2f", p2.wall / p1.wall,
-             p2.cpu / p1.cpu);
-    row("cifar zip: libjpeg-turbo decode, full", 2, cb.n, p2, t);
+    plain_scaling_row("cifar zip: libjpeg-turbo decode, full", &cb, 256, reps);
     free_blobs(&cb);
     struct rate c1, c2;
     prep_rates(cifar, both, 2, 0, reps, &c1, &c2, &n);
@@ -410,14 +416,7 @@ photos:
     row("imagenet tar: libjpeg-turbo decode, full", 1, ib.n, i_full, "(reference)");
     struct rate i8 = plain_decode_rate(&ib, 8, ireps, &bad);
     row("imagenet tar: libjpeg-turbo decode, 1/8 scale", 1, ib.n, i8, "(reference)");
-    p1 = p2 = (struct rate){0, 0};
-    for (int r = 0; r < ireps; r++) {
-        chunked_decode_run(&ib, 1, 1, &p1);
-        chunked_decode_run(&ib, 1, 2, &p2);
-    }
-    snprintf(t, sizeof t, "(reference) scaling %.2fx; cpu eff. %.2f", p2.wall / p1.wall,
-             p2.cpu / p1.cpu);
-    row("imagenet tar: libjpeg-turbo decode, full", 2, ib.n, p2, t);
+    plain_scaling_row("imagenet tar: libjpeg-turbo decode, full", &ib, 1, ireps);
     free_blobs(&ib);
     struct rate a1, a2, b1, b2;
     prep_rates(inet, none, 1, 224, ireps, &a1, &a2, &n);

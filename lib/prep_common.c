@@ -203,8 +203,8 @@ int prep_read_file(const char *path, size_t max, unsigned char **data, size_t *s
  * costs more per member, skipped or read: listing CIFAR-10's 60,024 members took
  * 66-69 ms with it (16-19 ms of them before the first) and 47-50 ms streaming, here.
  * The streaming reader does not look at the central directory, hence the end record
- * check: a zip cut short, or with a stub in front, takes the seekable reader (and its
- * messages).  Both check each member's CRC-32.
+ * check: a zip cut short, or with other bytes in front (a self-extracting zip), takes
+ * the seekable reader (and its messages).  Both check each member's CRC-32.
  */
 static int zip_for_streaming(const char *path)
 {

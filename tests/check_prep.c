@@ -605,8 +605,8 @@ END_TEST
 /* A zip as CIFAR-10's is laid out: the test split first, then many more train members
  * after it.  Read with several threads, the test split's reader runs ahead over the
  * train members while the test images decode, and the train split's reader skips the
- * test members first; both give what one thread gives.  The same zip with a stub in
- * front (read by libarchive's seekable reader, not the streaming one) agrees too. */
+ * test members first; both give what one thread gives.  The same zip with 100 other
+ * bytes in front (as a self-extracting zip has; read by libarchive's seekable reader, not the streaming one) agrees too. */
 START_TEST(test_imagefolder_split_read_ahead)
 {
     enum { NTEST = 30, NTRAIN = 600 };
@@ -625,12 +625,12 @@ START_TEST(test_imagefolder_split_read_ahead)
     write_archive(z, "zipstore", b, NTEST + NTRAIN);
     size_t n;
     unsigned char *zd = tu_read_file(z, &n);
-    unsigned char *stubbed = malloc(n + 100);
-    memset(stubbed, '#', 100);
-    memcpy(stubbed + 100, zd, n);
-    const char *zs = tu_tmppath("stub.zip");
-    tu_write_file(zs, stubbed, n + 100);
-    free(stubbed);
+    unsigned char *prefixed = malloc(n + 100);
+    memset(prefixed, '#', 100);
+    memcpy(prefixed + 100, zd, n);
+    const char *zs = tu_tmppath("prefixed.zip");
+    tu_write_file(zs, prefixed, n + 100);
+    free(prefixed);
     free(zd);
     int t0 = emoe_threads_get();
     const char *splits[2] = {"test", "train"};
@@ -638,7 +638,7 @@ START_TEST(test_imagefolder_split_read_ahead)
     for (int s = 0; s < 2; s++) {
         struct emoe_prep_options o;
         emoe_prep_options_init(&o);
-        o.format = EMOE_PREP_IMAGEFOLDER; /* the stub hides the zip from detection */
+        o.format = EMOE_PREP_IMAGEFOLDER; /* the bytes in front hide the zip from detection */
         o.size = 16;
         o.split = splits[s];
         struct emoe_prep_result res;
