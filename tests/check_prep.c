@@ -1116,6 +1116,112 @@ START_TEST(test_imagefolder_class_all_corrupt_keeps_labels)
 }
 END_TEST
 
+/* Large JPEGs (photos) are decoded largest first; only the decoding follows that order.
+ * Each image's colour says which member it is, the sizes are scrambled against the
+ * names, and two members are corrupt: a small one first in the archive, a larger one
+ * later (decoded first).  Every thread count gives each image under its own name, the warnings in
+ * archive order, and with --strict the first corrupt member in archive order. */
+struct warnings {
+    char msg[8][256];
+    int n;
+};
+
+static void keep_warning(void *ctx, const char *msg)
+{
+    struct warnings *w = ctx;
+    ck_assert_int_lt(w->n, 8);
+    snprintf(w->msg[w->n++], sizeof w->msg[0], "%s", msg);
+}
+
+START_TEST(test_imagefolder_large_members_decode_order)
+{
+    enum { NC = 2, NK = 12, N = NC * NK };
+    const char *cls[NC] = {"owl", "bee"};
+    struct blob b[N];
+    char names[N][32];
+    unsigned char *data[N];
+    uint32_t r = 12345;
+    size_t total = 0;
+    for (int i = 0; i < N; i++) {
+        int c = i % NC, k = i / NC;
+        int w = 128 + 16 * ((k * 5) % NK); /* sizes not in name order */
+        unsigned char *px = malloc((size_t)w * w * 3);
+        for (size_t p = 0; p < (size_t)w * w; p++) {
+            r = r * 1664525u + 1013904223u;
+            int noise = (int)(r >> 26) - 32; /* -32..31: hard to compress */
+            px[3 * p] = (unsigned char)(60 + 120 * c + noise);
+            px[3 * p + 1] = (unsigned char)(40 + 14 * k + noise);
+            px[3 * p + 2] = (unsigned char)(128 + noise);
+        }
+        unsigned long sz;
+        data[i] = encode_jpeg(px, w, w, &sz);
+        free(px);
+        snprintf(names[i], sizeof names[i], "%s/img%02d.jpg", cls[c], k);
+        b[i] = (struct blob){names[i], data[i], sz};
+        total += sz;
+    }
+    ck_assert_uint_ge(total / N, 16 << 10); /* large enough to be sorted */
+    /* in the first batch (8 members), so sorted together with the rest of it */
+    b[1].size = 30;            /* bee/img00.jpg: garbage, small, early */
+    b[6].size = b[6].size / 2; /* owl/img03.jpg: truncated, larger, later */
+    const char *p = tu_tmppath("photos.tar");
+    write_archive(p, "tar", b, N);
+    int t0 = emoe_threads_get();
+    struct warnings first = {0};
+    for (int t = 1; t <= 3; t++) {
+        emoe_threads_set(t);
+        struct emoe_prep_options o;
+        emoe_prep_options_init(&o);
+        o.size = 32;
+        struct warnings w = {0};
+        o.warn = keep_warning;
+        o.ctx = &w;
+        struct emoe_prep_result res;
+        struct emoe_dataset *d = prep1(p, &o, &res);
+        ck_assert_uint_eq(res.skipped, 2);
+        ck_assert_int_eq(d->images->shape[0], N - 2);
+        ck_assert_str_eq(d->classes[0], "bee");
+        /* bee/img01.., then owl/img00..: each image's mean colour is its own */
+        const unsigned char *px = d->images->data;
+        const int64_t *lab = d->labels->data;
+        size_t at = 0;
+        for (int c = 1; c >= 0; c--)
+            for (int k = 0; k < NK; k++) {
+                if ((c == 1 && k == 0) || (c == 0 && k == 3))
+                    continue; /* the corrupt ones */
+                double m[3] = {0, 0, 0};
+                for (size_t q = 0; q < 32 * 32; q++)
+                    for (int ch = 0; ch < 3; ch++)
+                        m[ch] += px[(at * 32 * 32 + q) * 3 + ch] / (32.0 * 32.0);
+                ck_assert_msg(fabs(m[0] - (60 + 120 * c)) < 5 && fabs(m[1] - (40 + 14 * k)) < 5,
+                              "-j %d: image %zu (%s/img%02d.jpg) has mean colour %.0f %.0f", t,
+                              at, cls[c], k, m[0], m[1]);
+                ck_assert_int_eq(lab[at], c == 1 ? 0 : 1);
+                at++;
+            }
+        ck_assert_uint_eq(at, N - 2);
+        ck_assert_int_eq(w.n, 2);
+        ck_assert_ptr_nonnull(strstr(w.msg[0], "member 'bee/img00.jpg'"));
+        ck_assert_ptr_nonnull(strstr(w.msg[1], "member 'owl/img03.jpg'"));
+        if (t == 1)
+            first = w;
+        for (int i = 0; i < w.n; i++)
+            ck_assert_str_eq(w.msg[i], first.msg[i]);
+        emoe_dataset_free(d);
+        o.strict = 1;
+        o.warn = NULL;
+        struct emoe_error err = {0};
+        d = NULL;
+        int rc = emoe_prep_read(&p, 1, &o, &d, &res, &err);
+        tu_assert_error(rc, err, EMOE_EFORMAT, "photos.tar: member 'bee/img00.jpg': corrupt JPEG");
+        ck_assert_ptr_null(d);
+    }
+    emoe_threads_set(t0);
+    for (int i = 0; i < N; i++)
+        free(data[i]);
+}
+END_TEST
+
 START_TEST(test_imagefolder_bad_archives)
 {
     struct jset s;
@@ -1688,6 +1794,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_imagenet_val_label_file);
     tcase_add_test(tc, test_imagefolder_corrupt_jpeg);
     tcase_add_test(tc, test_imagefolder_class_all_corrupt_keeps_labels);
+    tcase_add_test(tc, test_imagefolder_large_members_decode_order);
     tcase_add_test(tc, test_imagefolder_bad_archives);
     tcase_add_test(tc, test_selection);
     tcase_add_test(tc, test_nifti_types_and_targets);
