@@ -144,6 +144,10 @@ static int parse_descr(struct lexer *lx, const char *d, struct emoe_npy_info *in
                                       lx->name, d);
             w = w * 10 + (size_t)(*c - '0');
         }
+        /* zero-width items would let a header-only file claim any number of strings */
+        if (w == 0)
+            return emoe_error_set(lx->err, EMOE_EUNSUPPORTED,
+                                  "%s: unsupported dtype '%s' (zero-width strings)", lx->name, d);
         info->is_string = 1;
         info->dtype = EMOE_U8;
         info->itemsize = w;

@@ -444,6 +444,15 @@ START_TEST(test_npy_strings_read_and_write_like_numpy)
     tu_assert_error(emoe_npy_read_strings(path, &s, &n, &err), err, EMOE_EFORMAT,
                     "nul.npy: string 0 contains a NUL byte");
     free(p);
+    /* zero-width items: a header alone must not stand for 2^58 strings (was: a hang) */
+    p = make_npy("{'descr': '|S0', 'fortran_order': False, 'shape': (288230376151711744,), }", 0,
+                 &sz);
+    path = tu_tmppath("s0.npy");
+    tu_write_file(path, p, sz);
+    tu_assert_error(emoe_npy_read_strings(path, &s, &n, &err), err, EMOE_EUNSUPPORTED,
+                    "s0.npy: unsupported dtype '|S0'");
+    ck_assert(s == NULL && n == 0);
+    free(p);
 }
 END_TEST
 
