@@ -317,20 +317,18 @@ static int resample(const float *src, const int64_t *d, const int64_t *od, float
 
 /* ------------------------------------------------------------------- CSV */
 
-/* Parse one CSV record starting at *pos into fields (quoted fields, "" escapes). */
-static int csv_record(const char *t, size_t n, size_t *pos, char ***fields, size_t *nf)
+/* Parse one CSV record starting at *pos into fields (quoted fields, "" escapes); buf
+ * (n + 1 bytes, shared by all records) holds each field while it is parsed, so the
+ * cost is linear in the record, not in what is left of the file. */
+static int csv_record(const char *t, size_t n, size_t *pos, char *buf, char ***fields,
+                      size_t *nf)
 {
     size_t cap = 8, k = 0, i = *pos;
     char **v = malloc(cap * sizeof *v);
     if (!v)
         return -1;
     for (;;) {
-        char *buf = malloc(n - *pos + 1);
         size_t bl = 0;
-        if (!buf) {
-            prep_free_strings(v, k);
-            return -1;
-        }
         if (i < n && t[i] == '"') {
             i++;
             while (i < n) {
@@ -353,18 +351,21 @@ static int csv_record(const char *t, size_t n, size_t *pos, char ***fields, size
         size_t st = 0;
         while (st < bl && (buf[st] == ' ' || buf[st] == '\t'))
             st++;
-        memmove(buf, buf + st, bl - st);
-        buf[bl - st] = 0;
+        char *f = strndup(buf + st, bl - st);
+        if (!f) {
+            prep_free_strings(v, k);
+            return -1;
+        }
         if (k == cap) {
             char **w = realloc(v, (cap *= 2) * sizeof *v);
             if (!w) {
-                free(buf);
+                free(f);
                 prep_free_strings(v, k);
                 return -1;
             }
             v = w;
         }
-        v[k++] = buf;
+        v[k++] = f;
         if (i < n && t[i] == ',') {
             i++;
             continue;
@@ -401,12 +402,17 @@ static int read_targets(const struct emoe_prep_options *o, struct target **out, 
     const char *t = (const char *)text;
     size_t pos = 0, nf;
     char **f = NULL;
-    if (n >= 3 && !memcmp(t, "\xef\xbb\xbf", 3))
-        pos = 3; /* UTF-8 byte order mark */
+    char *field = malloc(n + 1);
     struct target *v = NULL;
     size_t k = 0, cap = 0, row = 1;
     long idc = -1, tc = -1;
-    if (csv_record(t, n, &pos, &f, &nf) != 0) {
+    if (!field) {
+        rc = emoe_error_set(err, EMOE_ENOMEM, "%s: out of memory", path);
+        goto done;
+    }
+    if (n >= 3 && !memcmp(t, "\xef\xbb\xbf", 3))
+        pos = 3; /* UTF-8 byte order mark */
+    if (csv_record(t, n, &pos, field, &f, &nf) != 0) {
         rc = emoe_error_set(err, EMOE_ENOMEM, "out of memory");
         goto done;
     }
@@ -424,7 +430,7 @@ static int read_targets(const struct emoe_prep_options *o, struct target **out, 
     }
     while (pos < n) {
         row++;
-        if (csv_record(t, n, &pos, &f, &nf) != 0) {
+        if (csv_record(t, n, &pos, field, &f, &nf) != 0) {
             rc = emoe_error_set(err, EMOE_ENOMEM, "out of memory");
             goto done;
         }
@@ -474,6 +480,7 @@ static int read_targets(const struct emoe_prep_options *o, struct target **out, 
         free(f);
     }
 done:
+    free(field);
     free(text);
     if (rc != EMOE_OK) {
         for (size_t i = 0; i < k; i++)

@@ -1535,6 +1535,39 @@ START_TEST(test_nifti_types_and_targets)
 }
 END_TEST
 
+/* CSV targets are parsed in time linear in the file (was: each field allocated what was
+ * left of the file, so a 2 MB row of empty fields took about a minute) */
+START_TEST(test_nifti_csv_wide_row)
+{
+    double v[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    char dir[512], vol[600], csv[600];
+    snprintf(dir, sizeof dir, "%s", tu_tmppath("wide"));
+    mkdir(dir, 0755);
+    snprintf(vol, sizeof vol, "%s/S01.nii", dir);
+    write_nifti1(vol, 2, 2, 2, v, 4, 0, 0, 0, 0);
+    snprintf(csv, sizeof csv, "%s", tu_tmppath("wide.csv"));
+    size_t commas = 2000000;
+    const char *head = "ID,Age\nS01,42";
+    size_t hl = strlen(head);
+    char *text = malloc(hl + commas + 1);
+    memcpy(text, head, hl);
+    memset(text + hl, ',', commas);
+    text[hl + commas] = '\n';
+    tu_write_file(csv, text, hl + commas + 1);
+    free(text);
+    struct emoe_prep_options o;
+    emoe_prep_options_init(&o);
+    o.targets = csv;
+    o.id_column = "ID";
+    o.target_column = "Age";
+    struct emoe_prep_result res;
+    struct emoe_dataset *d = prep1(dir, &o, &res);
+    ck_assert_int_eq(d->labels->shape[0], 1);
+    ck_assert(((const float *)d->labels->data)[0] == 42.0f);
+    emoe_dataset_free(d);
+}
+END_TEST
+
 START_TEST(test_nifti_bad_files)
 {
     double v[8] = {1, 2, 3, 4, 5, 6, 7, 8};
@@ -1804,7 +1837,11 @@ static Suite *suite(void)
     tcase_add_test(tc, test_per_class_interleaved_labels);
     tcase_add_test(tc, test_stats);
     tcase_add_test(tc, test_options_and_names);
+    TCase *tv = tcase_create("csv");
+    tcase_set_timeout(tv, 10);
+    tcase_add_test(tv, test_nifti_csv_wide_row);
     suite_add_tcase(s, tc);
+    suite_add_tcase(s, tv);
     return s;
 }
 
