@@ -387,6 +387,44 @@ struct target {
     int used;
 };
 
+static int cmp_target(const void *a, const void *b)
+{
+    const struct target *x = *(const struct target *const *)a;
+    const struct target *y = *(const struct target *const *)b;
+    int c = strcmp(x->id, y->id);
+    if (c)
+        return c;
+    return x->row < y->row ? -1 : x->row > y->row;
+}
+
+/* The first row (in file order) whose id an earlier row has: "row R: id 'X' repeats row
+ * P", found by sorting (a pairwise check is quadratic in the rows). */
+static int check_repeats(const struct target *v, size_t k, const char *path,
+                         struct emoe_error *err)
+{
+    if (k < 2)
+        return EMOE_OK;
+    const struct target **s = malloc(k * sizeof *s);
+    if (!s)
+        return emoe_error_set(err, EMOE_ENOMEM, "%s: out of memory", path);
+    for (size_t i = 0; i < k; i++)
+        s[i] = &v[i];
+    qsort(s, k, sizeof *s, cmp_target);
+    const struct target *first = NULL, *again = NULL;
+    for (size_t i = 1; i < k; i++)
+        if (!strcmp(s[i]->id, s[i - 1]->id) && (i < 2 || strcmp(s[i - 1]->id, s[i - 2]->id)) &&
+            (!again || s[i]->row < again->row)) {
+            first = s[i - 1];
+            again = s[i];
+        }
+    int rc = EMOE_OK;
+    if (again)
+        rc = emoe_error_set(err, EMOE_EFORMAT, "%s: row %zu: id '%s' repeats row %zu", path,
+                            again->row, again->id, first->row);
+    free(s);
+    return rc;
+}
+
 static int read_targets(const struct emoe_prep_options *o, struct target **out, size_t *nout,
                         struct emoe_error *err)
 {
@@ -440,25 +478,21 @@ static int read_targets(const struct emoe_prep_options *o, struct target **out, 
         }
         if ((size_t)idc >= nf || (size_t)tc >= nf || !f[idc][0]) {
             prep_free_strings(f, nf);
-            rc = emoe_error_set(err, EMOE_EFORMAT, "%s: row %zu: missing '%s' or '%s'", path, row,
-                                o->id_column, o->target_column);
+            /* a repeat in an earlier row is reported first */
+            if ((rc = check_repeats(v, k, path, err)) == EMOE_OK)
+                rc = emoe_error_set(err, EMOE_EFORMAT, "%s: row %zu: missing '%s' or '%s'", path,
+                                    row, o->id_column, o->target_column);
             goto done;
         }
         char *end;
         double val = strtod(f[tc], &end);
         if (end == f[tc] || *end || !isfinite(val)) {
-            rc = emoe_error_set(err, EMOE_EFORMAT, "%s: row %zu: '%s' is not a number", path, row,
-                                f[tc]);
+            if ((rc = check_repeats(v, k, path, err)) == EMOE_OK)
+                rc = emoe_error_set(err, EMOE_EFORMAT, "%s: row %zu: '%s' is not a number", path,
+                                    row, f[tc]);
             prep_free_strings(f, nf);
             goto done;
         }
-        for (size_t i = 0; i < k; i++)
-            if (!strcmp(v[i].id, f[idc])) {
-                rc = emoe_error_set(err, EMOE_EFORMAT, "%s: row %zu: id '%s' repeats row %zu",
-                                    path, row, f[idc], v[i].row);
-                prep_free_strings(f, nf);
-                goto done;
-            }
         if (k == cap) {
             cap = cap ? cap * 2 : 64;
             struct target *w = realloc(v, cap * sizeof *v);
@@ -479,6 +513,7 @@ static int read_targets(const struct emoe_prep_options *o, struct target **out, 
             free(f[i]);
         free(f);
     }
+    rc = check_repeats(v, k, path, err);
 done:
     free(field);
     free(text);

@@ -1568,6 +1568,50 @@ START_TEST(test_nifti_csv_wide_row)
 }
 END_TEST
 
+/* Repeated ids are found in time n log n (was: a pairwise check, so 100000 distinct ids
+ * took minutes) */
+START_TEST(test_nifti_csv_many_rows)
+{
+    double v[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    char dir[512], vol[600], csv[600];
+    snprintf(dir, sizeof dir, "%s", tu_tmppath("many"));
+    mkdir(dir, 0755);
+    snprintf(vol, sizeof vol, "%s/S01.nii", dir);
+    write_nifti1(vol, 2, 2, 2, v, 4, 0, 0, 0, 0);
+    snprintf(csv, sizeof csv, "%s", tu_tmppath("many.csv"));
+    size_t rows = 100000, len = 0;
+    char *text = malloc(32 + rows * 16);
+    len += (size_t)sprintf(text, "ID,Age\nS01,1\n");
+    for (size_t i = 0; i < rows; i++)
+        len += (size_t)sprintf(text + len, "x%zu,2\n", i);
+    tu_write_file(csv, text, len);
+    free(text);
+    struct emoe_prep_options o;
+    emoe_prep_options_init(&o);
+    o.targets = csv;
+    o.id_column = "ID";
+    o.target_column = "Age";
+    const char *dp = dir;
+    struct emoe_dataset *d = NULL;
+    struct emoe_error err = {0};
+    int rc = emoe_prep_read(&dp, 1, &o, &d, NULL, &err);
+    tu_assert_error(rc, err, EMOE_ENOTFOUND, "many.csv: row 3: no volume for id 'x0'");
+    /* repeats: the first repeating row, reported before a later malformed row */
+    const char *t2 = "ID,Age\nb,1\nS01,1\na,2\nb,3\nS01,4\na,5\n";
+    tu_write_file(csv, t2, strlen(t2));
+    rc = emoe_prep_read(&dp, 1, &o, &d, NULL, &err);
+    tu_assert_error(rc, err, EMOE_EFORMAT, "many.csv: row 5: id 'b' repeats row 2");
+    const char *t3 = "ID,Age\nS01,1\na,2\na,3\nS01,4\nc,old\n";
+    tu_write_file(csv, t3, strlen(t3));
+    rc = emoe_prep_read(&dp, 1, &o, &d, NULL, &err);
+    tu_assert_error(rc, err, EMOE_EFORMAT, "many.csv: row 4: id 'a' repeats row 3");
+    const char *t4 = "ID,Age\nS01,1\na,2\nc,old\na,3\n";
+    tu_write_file(csv, t4, strlen(t4));
+    rc = emoe_prep_read(&dp, 1, &o, &d, NULL, &err);
+    tu_assert_error(rc, err, EMOE_EFORMAT, "many.csv: row 4: 'old' is not a number");
+}
+END_TEST
+
 START_TEST(test_nifti_bad_files)
 {
     double v[8] = {1, 2, 3, 4, 5, 6, 7, 8};
@@ -1840,6 +1884,7 @@ static Suite *suite(void)
     TCase *tv = tcase_create("csv");
     tcase_set_timeout(tv, 10);
     tcase_add_test(tv, test_nifti_csv_wide_row);
+    tcase_add_test(tv, test_nifti_csv_many_rows);
     suite_add_tcase(s, tc);
     suite_add_tcase(s, tv);
     return s;
