@@ -570,14 +570,20 @@ static int npz_find(struct source *s, const struct emoe_param_spec *spec,
     return emoe_error_set(err, EMOE_ENOTFOUND, "%s: no tensor for '%s'", s->path, name);
 }
 
+/* n = r * r (r >= 1) gives r, else -1; n comes from a file (a token count minus one), so
+ * it may be -1 or huge. */
 static int isqrt_exact(int64_t n)
 {
+    if (n < 1 || n > ((int64_t)1 << 60))
+        return -1;
     int64_t r = (int64_t)llround(sqrt((double)n));
     return r * r == n ? (int)r : -1;
 }
 
 static int icbrt_exact(int64_t n)
 {
+    if (n < 1 || n > ((int64_t)1 << 60))
+        return -1;
     int64_t r = (int64_t)llround(cbrt((double)n));
     return r * r * r == n ? (int)r : -1;
 }

@@ -629,6 +629,35 @@ START_TEST(test_checkpoint_save_load_round_trip)
 }
 END_TEST
 
+/* A position embedding without tokens is a shape error (was: signed overflow in the
+ * grid size check, sqrt(-1) squared; seen under UBSan) */
+START_TEST(test_checkpoint_empty_pos_embed)
+{
+    struct emoe_error err = {0};
+    struct emoe_vit_config c;
+    tiny2d_config(&c);
+    struct emoe_model *m;
+    ck_assert_int_eq(emoe_model_new(&c, NULL, 0, &m, &err), EMOE_OK);
+    int64_t shape[3] = {1, 0, 16};
+    struct emoe_tensor *t;
+    ck_assert_int_eq(emoe_tensor_new(EMOE_F32, 3, shape, &t, &err), EMOE_OK);
+    struct emoe_named_tensor nt = {"vit.pos_embed", t};
+    const char *path = tu_tmppath("pos0.safetensors");
+    ck_assert_int_eq(emoe_safetensors_write(path, &nt, 1, NULL, 0, &err), EMOE_OK);
+    tu_assert_error(emoe_checkpoint_load(m, path, EMOE_LOAD_ALLOW_MISSING, NULL, &err), err,
+                    EMOE_EFORMAT, "'vit.pos_embed' has shape (1, 0, 16)");
+    c.image_ndim = 3;
+    c.image_size[2] = 8;
+    c.in_chans = 1;
+    emoe_model_free(m);
+    ck_assert_int_eq(emoe_model_new(&c, NULL, 0, &m, &err), EMOE_OK);
+    tu_assert_error(emoe_checkpoint_load(m, path, EMOE_LOAD_ALLOW_MISSING, NULL, &err), err,
+                    EMOE_EFORMAT, "'vit.pos_embed' has shape (1, 0, 16)");
+    emoe_model_free(m);
+    emoe_tensor_free(t);
+}
+END_TEST
+
 START_TEST(test_checkpoint_timm_and_google)
 {
     struct emoe_error err = {0};
@@ -858,6 +887,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_grad_reduce_hook);
     tcase_add_test(tc, test_checkpoint_save_load_round_trip);
     tcase_add_test(tc, test_checkpoint_timm_and_google);
+    tcase_add_test(tc, test_checkpoint_empty_pos_embed);
     tcase_add_test(tc, test_checkpoint_pos_embed_resampled);
     tcase_add_test(tc, test_checkpoint_pos_embed_resampled_3d);
     tcase_add_test(tc, test_checkpoint_model_prefix_and_f16);
