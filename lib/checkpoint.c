@@ -20,6 +20,8 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -241,6 +243,9 @@ static int config_from_meta(const struct emoe_safetensors *st, const char *path,
     double d[4];
     const char *v = emoe_safetensors_metadata_get(st, "model.image_size");
     int n = v ? parse_list(v, d, 3) : -1;
+    for (int i = 0; i < n; i++) /* in range before the conversions to int below */
+        if (!(d[i] >= 0 && d[i] <= (1 << 24)))
+            n = -1;
     if (n < 1)
         return emoe_error_set(err, EMOE_EFORMAT, "%s: metadata 'model.image_size': bad value "
                               "'%s'", path, v ? v : "");
@@ -248,7 +253,8 @@ static int config_from_meta(const struct emoe_safetensors *st, const char *path,
     for (int i = 0; i < c->image_ndim; i++)
         c->image_size[i] = (int)d[n == 1 ? 0 : i];
     v = emoe_safetensors_metadata_get(st, "model.mlp_ratio");
-    if (v && parse_list(v, d, 1) == 1 && d[0] > 0 && d[0] < 1024)
+    if (v && parse_list(v, d, 1) == 1 && d[0] > 0 && d[0] < 1024 &&
+        d[0] * c->embed_dim < INT_MAX)
         c->mlp_dim = (int)lround(d[0] * c->embed_dim);
     else if (v)
         return emoe_error_set(err, EMOE_EFORMAT, "%s: metadata 'model.mlp_ratio': bad value "
@@ -274,6 +280,9 @@ static int config_from_meta(const struct emoe_safetensors *st, const char *path,
         if (!v)
             continue;
         n = parse_list(v, d, 4);
+        for (int i = 0; i < n; i++) /* representable as float */
+            if (!(fabs(d[i]) <= FLT_MAX))
+                n = -1;
         if (n != 1 && n != c->in_chans)
             return emoe_error_set(err, EMOE_EFORMAT, "%s: metadata '%s': bad value '%s'", path,
                                   fkeys[k], v);

@@ -658,6 +658,48 @@ START_TEST(test_checkpoint_empty_pos_embed)
 }
 END_TEST
 
+/* Metadata numbers out of the range of int or float are bad values (was: undefined
+ * float-to-int / double-to-float conversions; seen under UBSan) */
+START_TEST(test_checkpoint_config_out_of_range)
+{
+    struct emoe_error err = {0};
+    int64_t shape[1] = {1};
+    struct emoe_tensor *t;
+    ck_assert_int_eq(emoe_tensor_new(EMOE_F32, 1, shape, &t, &err), EMOE_OK);
+    struct emoe_named_tensor nt = {"x", t};
+    struct emoe_kv kv[] = {
+        {"model.patch_size", "4"}, {"model.in_chans", "1"},     {"model.embed_dim", "16"},
+        {"model.depth", "2"},      {"model.num_heads", "2"},    {"model.num_classes", "5"},
+        {"model.image_size", "8"}, {"model.mlp_ratio", "4"},    {"data.mean", "0.5"},
+    };
+    size_t nkv = sizeof kv / sizeof kv[0];
+    const char *path = tu_tmppath("cfg.safetensors");
+    struct emoe_vit_config c;
+    ck_assert_int_eq(emoe_safetensors_write(path, &nt, 1, kv, nkv, &err), EMOE_OK);
+    ck_assert_int_eq(emoe_checkpoint_read_config(path, &c, &err), EMOE_OK);
+    ck_assert_int_eq(c.image_size[0], 8);
+    ck_assert_int_eq(c.mlp_dim, 64);
+    ck_assert(c.mean[0] == 0.5f);
+    const struct {
+        size_t i;
+        const char *value, *msg;
+    } bad[] = {
+        {6, "1e20", "metadata 'model.image_size': bad value '1e20'"},
+        {6, "8,-3e9", "metadata 'model.image_size': bad value '8,-3e9'"},
+        {8, "1e300", "metadata 'data.mean': bad value '1e300'"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        const char *keep = kv[bad[k].i].value;
+        kv[bad[k].i].value = bad[k].value;
+        ck_assert_int_eq(emoe_safetensors_write(path, &nt, 1, kv, nkv, &err), EMOE_OK);
+        tu_assert_error(emoe_checkpoint_read_config(path, &c, &err), err, EMOE_EFORMAT,
+                        bad[k].msg);
+        kv[bad[k].i].value = keep;
+    }
+    emoe_tensor_free(t);
+}
+END_TEST
+
 START_TEST(test_checkpoint_timm_and_google)
 {
     struct emoe_error err = {0};
@@ -888,6 +930,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_checkpoint_save_load_round_trip);
     tcase_add_test(tc, test_checkpoint_timm_and_google);
     tcase_add_test(tc, test_checkpoint_empty_pos_embed);
+    tcase_add_test(tc, test_checkpoint_config_out_of_range);
     tcase_add_test(tc, test_checkpoint_pos_embed_resampled);
     tcase_add_test(tc, test_checkpoint_pos_embed_resampled_3d);
     tcase_add_test(tc, test_checkpoint_model_prefix_and_f16);
