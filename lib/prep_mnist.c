@@ -49,6 +49,46 @@ fail:
     return rc;
 }
 
+/* The n labels, in a buffer that grows with the data that arrives (to at most twice
+ * it): the header's count alone must not allocate gigabytes.  Messages as
+ * prep_gz_read's. */
+static int read_labels(gzFile g, const char *path, size_t n, unsigned char **out,
+                       struct emoe_error *err)
+{
+    size_t cap = n < ((size_t)1 << 16) ? (n ? n : 1) : (size_t)1 << 16, have = 0;
+    unsigned char *p = malloc(cap);
+    *out = NULL;
+    if (!p)
+        return emoe_error_set(err, EMOE_ENOMEM, "%s: out of memory", path);
+    while (have < n) {
+        if (have == cap) {
+            size_t grow = cap < n - cap ? 2 * cap : n;
+            unsigned char *q = realloc(p, grow);
+            if (!q) {
+                free(p);
+                return emoe_error_set(err, EMOE_ENOMEM, "%s: out of memory", path);
+            }
+            p = q;
+            cap = grow;
+        }
+        unsigned chunk = cap - have > (1u << 30) ? 1u << 30 : (unsigned)(cap - have);
+        int r = gzread(g, p + have, chunk);
+        if (r <= 0) {
+            int e = 0;
+            const char *m = r < 0 ? gzerror(g, &e) : NULL;
+            free(p);
+            if (r < 0)
+                return emoe_error_set(err, e == Z_ERRNO ? EMOE_EIO : EMOE_EFORMAT, "%s: %s",
+                                      path, e == Z_ERRNO ? strerror(errno) : m);
+            return emoe_error_set(err, EMOE_EFORMAT, "%s: truncated labels (%zu of %zu bytes)",
+                                  path, have, n);
+        }
+        have += (size_t)r;
+    }
+    *out = p;
+    return EMOE_OK;
+}
+
 /* Which rank an idx file has (1 or 3), or 0. */
 static int idx_rank(const char *path)
 {
@@ -159,13 +199,12 @@ int prep_read_mnist(const char *const *src, size_t n, const struct emoe_prep_opt
     rc = collector_init(&c, EMOE_U8, 3, dims, err);
     if (rc != EMOE_OK)
         goto done;
-    labels = malloc(ln ? ln : 1);
     tmp = malloc((size_t)w * (size_t)h);
-    if (!labels || !tmp) {
+    if (!tmp) {
         rc = emoe_error_set(err, EMOE_ENOMEM, "out of memory");
         goto done;
     }
-    rc = prep_gz_read(gl, labp, labels, ln, "labels", err);
+    rc = read_labels(gl, labp, ln, &labels, err);
     if (rc != EMOE_OK)
         goto done;
     size_t first;

@@ -15,6 +15,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <zlib.h>
 
@@ -217,6 +218,41 @@ START_TEST(test_mnist_plain_and_gz)
     emoe_dataset_free(d);
     free(img);
     free(lab);
+}
+END_TEST
+
+/* The label count in an idx header allocates nothing before the labels arrive (was: 4 GB
+ * from a 28-byte file; "out of memory" without a file name under a limit) */
+START_TEST(test_mnist_header_counts_bounded)
+{
+    /* at most 1 GiB more address space than now; restored at the end */
+    struct rlimit old, lim;
+    ck_assert_int_eq(getrlimit(RLIMIT_AS, &old), 0);
+    unsigned long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fscanf(f, "%lu", &pages), 1);
+    fclose(f);
+    lim = old;
+    lim.rlim_cur = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + ((rlim_t)1 << 30);
+    if (old.rlim_cur != RLIM_INFINITY && old.rlim_cur < lim.rlim_cur)
+        lim.rlim_cur = old.rlim_cur;
+    ck_assert_int_eq(setrlimit(RLIMIT_AS, &lim), 0);
+    struct emoe_prep_options o;
+    emoe_prep_options_init(&o);
+    o.format = EMOE_PREP_MNIST;
+    struct emoe_error err = {0};
+    struct emoe_dataset *d = NULL;
+    unsigned char img[16 + 20] = {0, 0, 8, 3, 0xee, 0x6b, 0x28, 0x00, 0, 0, 0, 28, 0, 0, 0, 28};
+    unsigned char lab[8 + 20] = {0, 0, 8, 1, 0xee, 0x6b, 0x28, 0x00}; /* 4e9 of each */
+    const char *ip = tu_tmppath("h-images-idx3-ubyte"), *lp = tu_tmppath("h-labels-idx1-ubyte");
+    tu_write_file(ip, img, sizeof img);
+    tu_write_file(lp, lab, sizeof lab);
+    int rc = emoe_prep_read(&ip, 1, &o, &d, NULL, &err);
+    tu_assert_error(rc, err, EMOE_EFORMAT,
+                    "h-labels-idx1-ubyte: truncated labels (20 of 4000000000 bytes)");
+    ck_assert_ptr_null(d);
+    ck_assert_int_eq(setrlimit(RLIMIT_AS, &old), 0);
 }
 END_TEST
 
@@ -1856,6 +1892,7 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_mnist_plain_and_gz);
     tcase_add_test(tc, test_mnist_errors);
+    tcase_add_test(tc, test_mnist_header_counts_bounded);
     tcase_add_test(tc, test_cifar10_archive_and_bins);
     tcase_add_test(tc, test_cifar10_store_grows);
     tcase_add_test(tc, test_cifar100_fine_coarse);
