@@ -78,6 +78,14 @@ void prep_jpeg_image_size(const struct emoe_jpeg *j, int *w, int *h);
 
 /* Open an archive file for streaming reads (any format and filter libarchive knows). */
 int prep_archive_open(const char *path, struct archive **out, struct emoe_error *err);
+/* A member's name (as the zip's central directory has it): 1 a wanted JPEG, 2 another
+ * member the reader needs (a text file, a nested tar), 0 not needed. */
+typedef int (*prep_member_needed_fn)(void *ctx, const char *name);
+/* prep_archive_open for a reader that needs only some members: a zip is then read
+ * from its first needed member to its last (when its central directory says where
+ * they are; see prep_common.c). */
+int prep_archive_open_selected(const char *path, prep_member_needed_fn needed, void *ctx,
+                               struct archive **out, struct emoe_error *err);
 /* Member names: libarchive converts them to the charset of the calling thread's locale,
  * and in the "C" locale (a program's until it calls setlocale) a UTF-8 name with a
  * non-ASCII letter (a zip's "café/", flagged UTF-8; a pax tar's) cannot be converted:

@@ -487,6 +487,25 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* For prep_archive_open_selected: whether the fill below would keep a top-level member
+ * of this name (a JPEG of the selection, a tiny-imagenet text file, a nested tar). */
+static int member_needed(void *ctx, const char *name)
+{
+    struct feeder *f = ctx;
+    size_t n = strlen(name);
+    if (n == 0 || name[n - 1] == '/' || prep_skipped_name(name))
+        return 0;
+    if (prep_has_suffix(name, ".tar"))
+        return 2;
+    const char *key = norm_key(name);
+    if (tiny_text_index(f, key) >= 0)
+        return 2;
+    size_t flat = f->flat;
+    int w = wants(f, key);
+    f->flat = flat;
+    return w;
+}
+
 static int iter_open(struct feeder *f, const char *path, struct iter **out,
                      struct emoe_error *err)
 {
@@ -510,7 +529,9 @@ static int iter_open(struct feeder *f, const char *path, struct iter **out,
         if (rc == EMOE_OK && it->npaths > 0)
             qsort(it->paths, it->npaths, sizeof *it->paths, cmp_str);
     } else {
-        rc = prep_archive_open(path, &it->a, err);
+        /* with a selection, a zip is read only where its wanted members are */
+        rc = prep_archive_open_selected(path, f->subdir || f->split_dir ? member_needed : NULL,
+                                        f, &it->a, err);
     }
     if (rc != EMOE_OK) {
         iter_free(it);

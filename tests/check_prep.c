@@ -1152,6 +1152,144 @@ START_TEST(test_imagefolder_class_all_corrupt_keeps_labels)
 }
 END_TEST
 
+/* The central directory entry of member name in zip bytes z (n bytes), or NULL. */
+static unsigned char *cd_entry(unsigned char *z, size_t n, const char *name)
+{
+    size_t nl = strlen(name);
+    for (size_t i = 0; i + 46 + nl <= n; i++)
+        if (!memcmp(z + i, "PK\1\2", 4) && (size_t)(z[i + 28] | z[i + 29] << 8) == nl &&
+            !memcmp(z + i + 46, name, nl))
+            return z + i;
+    return NULL;
+}
+
+static size_t cd_local_offset(const unsigned char *e)
+{
+    return (size_t)e[42] | (size_t)e[43] << 8 | (size_t)e[44] << 16 | (size_t)e[45] << 24;
+}
+
+/* With a split, a zip is read from its first wanted member to its last, where its
+ * central directory says they are: a member the directory does not list, after that
+ * stretch, is not read (fails when the whole zip is read); a damaged member inside the
+ * stretch still fails the read; a directory whose offset does not hold a local header
+ * makes the whole zip read.  Each read gives what the same members in a tar give. */
+START_TEST(test_zip_split_reads_its_stretch)
+{
+    enum { N = 31 };
+    struct blob b[N];
+    char names[N][64];
+    unsigned char *data[N];
+    for (int i = 0; i < N; i++) {
+        /* train/ant 0-9, test/ant 0-4, test/mouse 0-4, train/mouse 0-9, a text file */
+        const char *split = i < 10 || (i >= 20 && i < 30) ? "train" : "test";
+        const char *cls = i < 10 || (i >= 10 && i < 15) ? "ant" : "mouse";
+        int k = i < 10 ? i : i < 15 ? i - 10 : i < 20 ? i - 15 : i - 20;
+        unsigned long sz = 0;
+        if (i == N - 1) {
+            snprintf(names[i], sizeof names[i], "x/README.txt");
+            data[i] = (unsigned char *)strdup("notes");
+            sz = 5;
+        } else {
+            snprintf(names[i], sizeof names[i], "x/%s/%s/%d.jpg", split, cls, k);
+            data[i] = make_jpeg(cls[0] == 'm', i, 16, 16, &sz);
+        }
+        b[i] = (struct blob){names[i], data[i], sz};
+    }
+    const char *zp = tu_tmppath("sel.zip"), *tp = tu_tmppath("sel.tar");
+    write_archive(zp, "zipstore", b, N);
+    write_archive(tp, "tar", b, N);
+    size_t n;
+    unsigned char *z = tu_read_file(zp, &n);
+    const char *splits[2] = {"test", "train"};
+    struct emoe_dataset *want[2];
+    for (int s = 0; s < 2; s++) {
+        struct emoe_prep_options o;
+        emoe_prep_options_init(&o);
+        o.size = 16;
+        o.split = splits[s];
+        struct emoe_prep_result res;
+        want[s] = prep1(tp, &o, &res);
+        struct emoe_dataset *d = prep1(zp, &o, &res);
+        ck_assert_int_eq(d->images->shape[0], s == 0 ? 10 : 20);
+        ck_assert_mem_eq(d->images->data, want[s]->images->data, want[s]->images->nbytes);
+        ck_assert_mem_eq(d->labels->data, want[s]->labels->data, want[s]->labels->nbytes);
+        emoe_dataset_free(d);
+    }
+    /* train/mouse/9.jpg made unreadable, even to skip over: after the test split's
+     * stretch, inside the train split's */
+    unsigned char *e = cd_entry(z, n, "x/train/mouse/9.jpg");
+    ck_assert_ptr_nonnull(e);
+    unsigned char *bad = malloc(n);
+    memcpy(bad, z, n);
+    unsigned char *lh = bad + cd_local_offset(e);
+    ck_assert_int_eq(lh[6] & 8, 8); /* its sizes follow its data (a data descriptor) */
+    lh[8] = 97; /* a compression method libarchive cannot read, so cannot find the end of */
+    const char *dp = tu_tmppath("damaged.zip");
+    tu_write_file(dp, bad, n);
+    struct emoe_prep_options o;
+    emoe_prep_options_init(&o);
+    o.size = 16;
+    o.split = "test";
+    struct emoe_prep_result res;
+    struct emoe_dataset *d = prep1(dp, &o, &res);
+    ck_assert_mem_eq(d->images->data, want[0]->images->data, want[0]->images->nbytes);
+    emoe_dataset_free(d);
+    o.split = "train";
+    struct emoe_error err = {0};
+    d = NULL;
+    int rc = emoe_prep_read(&dp, 1, &o, &d, &res, &err);
+    ck_assert_int_ne(rc, EMOE_OK);
+    ck_assert_ptr_nonnull(strstr(err.msg, "damaged.zip"));
+    ck_assert_ptr_null(d);
+    /* the central directory puts test/ant/0.jpg one byte off its header: whole zip read */
+    memcpy(bad, z, n);
+    e = cd_entry(bad, n, "x/test/ant/0.jpg");
+    ck_assert_ptr_nonnull(e);
+    e[42]++;
+    const char *op = tu_tmppath("offset.zip");
+    tu_write_file(op, bad, n);
+    o.split = "test";
+    d = prep1(op, &o, &res);
+    ck_assert_mem_eq(d->images->data, want[0]->images->data, want[0]->images->nbytes);
+    emoe_dataset_free(d);
+    /* a test image after all the others that the central directory does not list (only
+     * its local header names it): the directory is the zip's index, as for unzip and
+     * Python's zipfile, so the test split is as before */
+    struct blob b2[N + 1];
+    memcpy(b2, b, sizeof b);
+    unsigned long zsz;
+    unsigned char *zj = make_jpeg(2, 0, 16, 16, &zsz);
+    b2[N] = (struct blob){"x/test/zebra/0.jpg", zj, zsz};
+    const char *hp = tu_tmppath("unlisted.zip");
+    write_archive(hp, "zipstore", b2, N + 1);
+    size_t m;
+    unsigned char *u = tu_read_file(hp, &m);
+    e = cd_entry(u, m, "x/test/zebra/0.jpg");
+    ck_assert_ptr_nonnull(e);
+    size_t elen = 46 + (e[28] | e[29] << 8) + (e[30] | e[31] << 8) + (e[32] | e[33] << 8);
+    memmove(e, e + elen, (size_t)(u + m - (e + elen)));
+    m -= elen;
+    unsigned char *end = u + m - 22;
+    ck_assert_mem_eq(end, "PK\5\6", 4);
+    end[8]--, end[10]--; /* N members listed, not N + 1 */
+    uint32_t cds = (uint32_t)(end[12] | end[13] << 8 | end[14] << 16) - (uint32_t)elen;
+    end[12] = cds & 255, end[13] = cds >> 8 & 255, end[14] = cds >> 16 & 255;
+    tu_write_file(hp, u, m);
+    d = prep1(hp, &o, &res);
+    ck_assert_uint_eq(d->nclasses, 2);
+    ck_assert_mem_eq(d->images->data, want[0]->images->data, want[0]->images->nbytes);
+    emoe_dataset_free(d);
+    free(u);
+    free(zj);
+    free(bad);
+    free(z);
+    for (int s = 0; s < 2; s++)
+        emoe_dataset_free(want[s]);
+    for (int i = 0; i < N; i++)
+        free(data[i]);
+}
+END_TEST
+
 /* Large JPEGs (photos) are decoded largest first; only the decoding follows that order.
  * Each image's colour says which member it is, the sizes are scrambled against the
  * names, and two members are corrupt: a small one first in the archive, a larger one
@@ -1900,6 +2038,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_imagefolder_layouts_agree);
     tcase_add_test(tc, test_imagefolder_native_size_and_subdir);
     tcase_add_test(tc, test_imagefolder_split_read_ahead);
+    tcase_add_test(tc, test_zip_split_reads_its_stretch);
     tcase_add_test(tc, test_imagenet_nested_tars);
     tcase_add_test(tc, test_tinyimagenet);
     tcase_add_test(tc, test_detect_many_members);
