@@ -208,16 +208,6 @@ int prep_read_file(const char *path, size_t max, unsigned char **data, size_t *s
  */
 #define MAX_CENTRAL_DIR ((size_t)256 << 20)
 
-static uint32_t le16(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8;
-}
-
-static uint32_t le32(const unsigned char *p)
-{
-    return le16(p) | le16(p + 2) << 16;
-}
-
 struct span_reader {
     int fd;
     off_t at[2], end[2];        /* the members wanted, then the central directory */
@@ -261,17 +251,18 @@ static int zip_wanted_span(int fd, const unsigned char *eocd_rec, off_t eocd,
                            off_t *cd)
 {
     const unsigned char *e = eocd_rec;
-    uint32_t count = le16(e + 10), cd_size = le32(e + 12), cd_off = le32(e + 16);
-    if (le16(e + 4) != 0 || le16(e + 6) != 0 || le16(e + 8) != count || count == 0xffff ||
+    uint32_t count = emoe_load_le16(e + 10), cd_size = emoe_load_le32(e + 12), cd_off = emoe_load_le32(e + 16);
+    if (emoe_load_le16(e + 4) != 0 || emoe_load_le16(e + 6) != 0 ||
+        emoe_load_le16(e + 8) != count || count == 0 || count == 0xffff ||
         cd_size == 0xffffffffu || cd_off == 0xffffffffu || cd_size > MAX_CENTRAL_DIR ||
         (off_t)cd_off + cd_size > eocd || (size_t)count * 46 > cd_size)
         return 0;
     /* mapped from the page cache, not copied: about 80 bytes a member (5 MB for CIFAR) */
     off_t page = sysconf(_SC_PAGESIZE), base = cd_off / page * page;
     size_t maplen = (size_t)(cd_off - base) + cd_size;
-    void *map = mmap(NULL, maplen ? maplen : 1, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, base);
+    void *map = mmap(NULL, maplen, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, base);
     const unsigned char *dir = map == MAP_FAILED ? NULL : (unsigned char *)map + (cd_off - base);
-    off_t *offs = malloc((count ? count : 1) * sizeof *offs);
+    off_t *offs = malloc(count * sizeof *offs);
     int ok = dir && offs;
     off_t lo = -1, hi = -1;
     int jpegs = 0;
@@ -279,11 +270,12 @@ static int zip_wanted_span(int fd, const unsigned char *eocd_rec, off_t eocd,
     size_t at = 0;
     for (uint32_t i = 0; ok && i < count; i++) {
         const unsigned char *h = dir + at;
-        ok = cd_size - at >= 46 && le32(h) == 0x02014b50u;
+        ok = cd_size - at >= 46 && emoe_load_le32(h) == 0x02014b50u;
         if (!ok)
             break;
-        uint32_t flags = le16(h + 8), nl = le16(h + 28), xl = le16(h + 30), cl = le16(h + 32);
-        uint32_t local = le32(h + 42);
+        uint32_t flags = emoe_load_le16(h + 8), nl = emoe_load_le16(h + 28);
+        uint32_t xl = emoe_load_le16(h + 30), cl = emoe_load_le16(h + 32);
+        uint32_t local = emoe_load_le32(h + 42);
         ok = cd_size - at - 46 >= (size_t)nl + xl + cl && nl < sizeof name &&
              local != 0xffffffffu && (off_t)local < cd_off;
         if (!ok)
@@ -315,7 +307,7 @@ static int zip_wanted_span(int fd, const unsigned char *eocd_rec, off_t eocd,
         *cd = cd_off;
     }
     if (dir)
-        munmap(map, maplen ? maplen : 1);
+        munmap(map, maplen);
     free(offs);
     return ok;
 }

@@ -159,16 +159,24 @@ static const char *after_root(const struct feeder *f, const char *key)
     return key;
 }
 
-static int wants(struct feeder *f, const char *key)
+/* 1: key is a JPEG the selection wants; -1: a JPEG of the selection outside any class
+ * folder (not wanted); 0: anything else. */
+static int classify(const struct feeder *f, const char *key)
 {
     if (!is_jpeg(key))
         return 0;
     if (f->o->label_file && !f->subdir && !f->split_dir)
         return 1; /* flat validation images: labels from the file */
     const char *r = after_root(f, key);
-    if (r && !strchr(r, '/'))
+    return !r ? 0 : strchr(r, '/') ? 1 : -1; /* a class folder, then the file */
+}
+
+static int wants(struct feeder *f, const char *key)
+{
+    int c = classify(f, key);
+    if (c < 0)
         f->flat++; /* no class folder: for the message when nothing else is found */
-    return r && strchr(r, '/'); /* a class folder, then the file */
+    return c > 0;
 }
 
 static void batch_clear(struct batch *b)
@@ -491,7 +499,7 @@ static int cmp_str(const void *a, const void *b)
  * of this name (a JPEG of the selection, a tiny-imagenet text file, a nested tar). */
 static int member_needed(void *ctx, const char *name)
 {
-    struct feeder *f = ctx;
+    const struct feeder *f = ctx;
     size_t n = strlen(name);
     if (n == 0 || name[n - 1] == '/' || prep_skipped_name(name))
         return 0;
@@ -500,10 +508,7 @@ static int member_needed(void *ctx, const char *name)
     const char *key = norm_key(name);
     if (tiny_text_index(f, key) >= 0)
         return 2;
-    size_t flat = f->flat;
-    int w = wants(f, key);
-    f->flat = flat;
-    return w;
+    return classify(f, key) > 0;
 }
 
 static int iter_open(struct feeder *f, const char *path, struct iter **out,

@@ -1711,15 +1711,29 @@ END_TEST
 
 /* CSV targets are parsed in time linear in the file (was: each field allocated what was
  * left of the file, so a 2 MB row of empty fields took about a minute) */
-START_TEST(test_nifti_csv_wide_row)
+/* A folder name/ with one volume S01.nii, and options reading targets from csv (Age by
+ * ID); the CSV itself is the caller's. */
+static void one_volume(const char *name, const char *csvname, char *dir, size_t dn,
+                       char *csv, size_t cn, struct emoe_prep_options *o)
 {
     double v[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    char dir[512], vol[600], csv[600];
-    snprintf(dir, sizeof dir, "%s", tu_tmppath("wide"));
+    char vol[700];
+    snprintf(dir, dn, "%s", tu_tmppath(name));
     mkdir(dir, 0755);
     snprintf(vol, sizeof vol, "%s/S01.nii", dir);
     write_nifti1(vol, 2, 2, 2, v, 4, 0, 0, 0, 0);
-    snprintf(csv, sizeof csv, "%s", tu_tmppath("wide.csv"));
+    snprintf(csv, cn, "%s", tu_tmppath(csvname));
+    emoe_prep_options_init(o);
+    o->targets = csv;
+    o->id_column = "ID";
+    o->target_column = "Age";
+}
+
+START_TEST(test_nifti_csv_wide_row)
+{
+    char dir[512], csv[600];
+    struct emoe_prep_options o;
+    one_volume("wide", "wide.csv", dir, sizeof dir, csv, sizeof csv, &o);
     size_t commas = 2000000;
     const char *head = "ID,Age\nS01,42";
     size_t hl = strlen(head);
@@ -1729,11 +1743,6 @@ START_TEST(test_nifti_csv_wide_row)
     text[hl + commas] = '\n';
     tu_write_file(csv, text, hl + commas + 1);
     free(text);
-    struct emoe_prep_options o;
-    emoe_prep_options_init(&o);
-    o.targets = csv;
-    o.id_column = "ID";
-    o.target_column = "Age";
     struct emoe_prep_result res;
     struct emoe_dataset *d = prep1(dir, &o, &res);
     ck_assert_int_eq(d->labels->shape[0], 1);
@@ -1746,13 +1755,9 @@ END_TEST
  * took minutes) */
 START_TEST(test_nifti_csv_many_rows)
 {
-    double v[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    char dir[512], vol[600], csv[600];
-    snprintf(dir, sizeof dir, "%s", tu_tmppath("many"));
-    mkdir(dir, 0755);
-    snprintf(vol, sizeof vol, "%s/S01.nii", dir);
-    write_nifti1(vol, 2, 2, 2, v, 4, 0, 0, 0, 0);
-    snprintf(csv, sizeof csv, "%s", tu_tmppath("many.csv"));
+    char dir[512], csv[600];
+    struct emoe_prep_options o;
+    one_volume("many", "many.csv", dir, sizeof dir, csv, sizeof csv, &o);
     size_t rows = 100000, len = 0;
     char *text = malloc(32 + rows * 16);
     len += (size_t)sprintf(text, "ID,Age\nS01,1\n");
@@ -1760,11 +1765,6 @@ START_TEST(test_nifti_csv_many_rows)
         len += (size_t)sprintf(text + len, "x%zu,2\n", i);
     tu_write_file(csv, text, len);
     free(text);
-    struct emoe_prep_options o;
-    emoe_prep_options_init(&o);
-    o.targets = csv;
-    o.id_column = "ID";
-    o.target_column = "Age";
     const char *dp = dir;
     struct emoe_dataset *d = NULL;
     struct emoe_error err = {0};
