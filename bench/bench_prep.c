@@ -34,11 +34,13 @@
  * full-size decode of the same run (per CPU second): CIFAR >= 50,000/s -> >= 0.5x, photos
  * to 224 >= 500/s -> >= 0.79x, photos to 32 >= 0.9x the 1/8-scale decode, -j 2 >= 1.8x
  * -j 1 (wall clock: only meaningful on otherwise idle CPUs; the CPU efficiency, -j 2's
- * images per CPU second over -j 1's, is shown next to it).  Like emoe-prep, the bench
- * sets TZ=UTC when TZ is unset (see main).  Exit 0 unless the data cannot be
+ * images per CPU second over -j 1's, is shown next to it).  The bench runs in the
+ * environment the tools set up (emoe_tool_init: TZ=UTC when unset, OpenBLAS started
+ * without its worker threads).  Exit 0 unless the data cannot be
  * read; the PASS/MISS column is informational.
  */
 #include "config.h"
+#include "common.h"
 #include "emoe.h"
 
 #include <archive.h>
@@ -381,11 +383,10 @@ int main(int argc, char **argv)
         reps = MAX_ROUNDS / 5;
     const char *only = argc > 3 ? argv[3] : "";
     int do_cifar = strcmp(only, "photos") != 0, do_photos = strcmp(only, "cifar") != 0;
-    /* as every emoe tool does (tools/common.c): with TZ unset glibc re-stats /etc/localtime
-     * in every mktime, which libarchive's zip reader calls for every member */
-    int tz_set = getenv("TZ") == NULL;
-    if (tz_set)
-        setenv("TZ", "UTC", 0);
+    /* the environment every emoe tool runs in (tools/common.c): TZ=UTC when unset (with
+     * TZ unset glibc re-stats /etc/localtime in every mktime, which libarchive's zip
+     * reader calls for every member) and OpenBLAS without worker threads of its own */
+    emoe_tool_init(argc, argv, "bench_prep");
     char cifar[4096], inet[4096];
     snprintf(cifar, sizeof cifar, "%s/cifar-10-jpg/cifar-10-jpg.zip", data);
     snprintf(inet, sizeof inet, "%s/imagenet-sample-images-subset/imagenet-sample.tar", data);
@@ -397,8 +398,9 @@ int main(int argc, char **argv)
     printf("bench_prep: %s\n%ld CPUs online; best of %d runs (x5 for the 200 photos)\n",
            emoe_version_details(), sysconf(_SC_NPROCESSORS_ONLN), reps);
     loadavg("at the start (other jobs share these CPUs)");
-    if (tz_set)
-        printf("TZ was unset: set to UTC, as the emoe tools do\n");
+    const char *nt = getenv("OPENBLAS_NUM_THREADS");
+    printf("as the emoe tools run: TZ=%s, OPENBLAS_NUM_THREADS=%s\n", getenv("TZ"),
+           nt ? nt : "(unset)");
     printf("columns: images/s (wall clock), images/s per core (wall / j), images per CPU "
            "second (all threads)\nratios use the per-CPU-second figures (other jobs share "
            "the CPUs)\n\n");

@@ -5,7 +5,10 @@
  *
  * OpenBLAS always runs with one thread (its pthread build then runs each call in
  * the calling thread); large matrix products are split over this pool instead
- * (gemm.c), so OpenBLAS's spinning worker threads never compete with our loops.
+ * (gemm.c), so OpenBLAS's worker threads, which spin after each threaded call, never
+ * compete with our loops.  (Its pthread build still starts them when it loads, and
+ * they spin for about 0.1 s then; the tools start it with OPENBLAS_NUM_THREADS=1,
+ * see tools/common.c.)
  */
 #define _GNU_SOURCE
 #include "config.h"

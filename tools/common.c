@@ -17,6 +17,23 @@
 const char *emoe_progname = "emoe";
 int emoe_quiet = 0;
 
+/* Threads this process runs (Linux's /proc/self/status), or 0 when it cannot tell. */
+static long process_threads(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    long n = 0;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "Threads:", 8) == 0) {
+            n = strtol(line + 8, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return n;
+}
+
 void emoe_tool_init(int argc, char **argv, const char *name)
 {
     (void)argc;
@@ -29,17 +46,38 @@ void emoe_tool_init(int argc, char **argv, const char *name)
      * re-reads /etc/localtime each time when TZ is unset (about a quarter of the
      * time spent reading the CIFAR-10 zip).  The tools print no local times. */
     setenv("TZ", "UTC", 0);
+    /* OpenBLAS reads its environment when it is loaded, before main: what it should
+     * have read is set here and the program run again, once for both reasons. */
+    int again = 0, set_core = 0;
     const char *core = emoe_blas_preferred_coretype();
     if (core && !getenv("EMOE_BLAS_CORETYPE_AUTO")) {
-        /* OpenBLAS chose its kernel when it was loaded: run again with the right one.
-         * EMOE_BLAS_CORETYPE_AUTO records that emoe (not the user) chose it, and
-         * guards against a loop if the variable has no effect. */
+        /* It chose a slow kernel.  EMOE_BLAS_CORETYPE_AUTO records that emoe (not the
+         * user) chose the new one, and guards against a loop if it has no effect. */
         setenv("OPENBLAS_CORETYPE", core, 1);
         setenv("EMOE_BLAS_CORETYPE_AUTO", core, 1);
-        execv("/proc/self/exe", argv);
-        /* execv failed: carry on with the slow kernel rather than fail. */
-        unsetenv("OPENBLAS_CORETYPE");
+        again = set_core = 1;
     }
+    /* At this point only OpenBLAS can have started threads: its pthread build starts
+     * one per further CPU unless OPENBLAS_NUM_THREADS is 1.  emoe never gives them
+     * work (it runs OpenBLAS on one thread, see emoe_threads_set), yet each spins for
+     * about 0.1 s of CPU after the load, on the CPUs that -j's threads use. */
+    const char *nt = getenv("OPENBLAS_NUM_THREADS");
+    char *user_nt = nt ? strdup(nt) : NULL;
+    if ((!nt || strcmp(nt, "1") != 0) && process_threads() > 1) {
+        setenv("OPENBLAS_NUM_THREADS", "1", 1);
+        again = 1;
+    }
+    if (again) {
+        execv("/proc/self/exe", argv);
+        /* execv failed: carry on as loaded (slower) rather than fail. */
+        if (set_core)
+            unsetenv("OPENBLAS_CORETYPE");
+        if (user_nt)
+            setenv("OPENBLAS_NUM_THREADS", user_nt, 1);
+        else
+            unsetenv("OPENBLAS_NUM_THREADS");
+    }
+    free(user_nt);
 }
 
 static void vmsg(const char *fmt, va_list ap)

@@ -30,9 +30,11 @@ extern const char *emoe_progname;
 extern int emoe_quiet;
 
 /*
- * First call in main: sets the program name, and re-executes the program with
- * OPENBLAS_CORETYPE set when OpenBLAS picked a slow kernel for this CPU (see
- * emoe_blas_preferred_coretype); an explicit user setting is left alone.
+ * First call in main: sets the program name and TZ (UTC when unset), and runs the
+ * program again (once) with what OpenBLAS should have read when it loaded:
+ * OPENBLAS_CORETYPE when it picked a slow kernel for this CPU (see
+ * emoe_blas_preferred_coretype; a user's setting is left alone), and
+ * OPENBLAS_NUM_THREADS=1 when it started worker threads, which emoe never uses.
  */
 void emoe_tool_init(int argc, char **argv, const char *name);
 

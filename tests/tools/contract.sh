@@ -2,7 +2,8 @@
 # contract.sh: the command-line contract every emoe-* tool keeps:
 # --help to stdout with status 0 (and -h the same), --version naming the tool and the
 # libraries, a bad option gives status 2 with "emoe-x: " on stderr and a hint,
-# a bad -j value is a usage error, and the man page's SYNOPSIS matches --help.
+# a bad -j value is a usage error, and the man page's SYNOPSIS matches --help; and a tool
+# runs without OpenBLAS's own worker threads.
 . "${EMOE_SRCDIR:-.}/tests/tools/tool-lib.sh"
 
 for tool in emoe-info emoe-prep emoe-train emoe-eval emoe-fewshot emoe-heatmap; do
@@ -43,4 +44,39 @@ for tool in emoe-info emoe-prep emoe-train emoe-eval emoe-fewshot emoe-heatmap; 
         not_ok "$tool has a man page man/$tool.1"
     fi
 done
+
+# OpenBLAS's pthread build starts a worker per further CPU when it loads; emoe never
+# uses them (it runs OpenBLAS on one thread) and each spins for ~0.1 s of CPU after the
+# load, so every tool starts it with OPENBLAS_NUM_THREADS=1.  Seen from outside: a tool
+# waiting for its standard input runs one thread.
+tool_threads_waiting() { # prints the thread count of emoe-info blocked reading a pipe
+    mkfifo "$T/fifo"
+    exec 3<>"$T/fifo" # a writer, so that the tool's open does not block
+    env -u OPENBLAS_NUM_THREADS "$TOOLS/emoe-info" - <"$T/fifo" >/dev/null 2>&1 3>&- &
+    pid=$!
+    n=""
+    for _ in $(seq 200); do
+        w=$(cat "/proc/$pid/wchan" 2>/dev/null) || w=""
+        s=$(cut -d' ' -f1 "/proc/$pid/syscall" 2>/dev/null) || s=""
+        case "$w" in *pipe_read*) s=0 ;; esac
+        if [ "$s" = 0 ] && [ "$(readlink "/proc/$pid/exe")" != "$(command -v bash)" ]; then
+            n=$(sed -n 's/^Threads:[[:space:]]*//p' "/proc/$pid/status")
+            break
+        fi
+        sleep 0.05
+    done
+    exec 3>&-
+    wait "$pid" 2>/dev/null
+    rm -f "$T/fifo"
+    echo "$n"
+}
+if [ -x "$TOOLS/emoe-info" ] && [ -r /proc/self/status ]; then
+    n=$(tool_threads_waiting)
+    if [ -z "$n" ]; then
+        echo "# skipped: could not see emoe-info waiting in read() (no /proc/PID/wchan or syscall)"
+    else
+        check "a tool runs without OpenBLAS worker threads (emoe-info waiting on a pipe: $n thread(s))" \
+            test "$n" = 1
+    fi
+fi
 done_testing
