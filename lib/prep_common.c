@@ -60,13 +60,18 @@ const char *prep_basename(const char *path)
 
 int prep_skipped_name(const char *path)
 {
+    /* one pass, a component at a time: called for every member of an archive */
     for (const char *c = path; *c;) {
-        size_t n = strcspn(c, "/");
-        int dots = (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.');
-        if ((c[0] == '.' && !dots) || (n == 8 && !strncmp(c, "__MACOSX", 8)))
+        if (c[0] == '/') {
+            c++;
+            continue;
+        }
+        if (c[0] == '.' && c[1] != '/' && c[1] != 0 &&
+            !(c[1] == '.' && (c[2] == '/' || c[2] == 0)))
+            return 1; /* a hidden file or folder (not "." or "..") */
+        if (c[0] == '_' && !strncmp(c, "__MACOSX", 8) && (c[8] == '/' || c[8] == 0))
             return 1;
-        c += n;
-        while (*c == '/')
+        while (*c && *c != '/')
             c++;
     }
     return 0;
