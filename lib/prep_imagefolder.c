@@ -23,7 +23,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 
 /* The first batch of a source is read alone (nothing to decode yet), so it is small.
@@ -122,9 +121,7 @@ static int tiny_text_index(const struct feeder *f, const char *key)
 
 static int is_jpeg(const char *name)
 {
-    size_t n = strlen(name);
-    return (n >= 4 && !strcasecmp(name + n - 4, ".jpg")) ||
-           (n >= 5 && !strcasecmp(name + n - 5, ".jpeg"));
+    return prep_has_suffix(name, ".jpg") || prep_has_suffix(name, ".jpeg");
 }
 
 /* Strip "./" and leading "/" so keys compare. */
@@ -151,7 +148,7 @@ static const char *after_root(const struct feeder *f, const char *key)
     if (f->split_dir) {
         size_t n = strlen(f->split_dir);
         for (const char *p = key; p;) {
-            if (p[0] == f->split_dir[0] && strncmp(p, f->split_dir, n) == 0 && p[n] == '/')
+            if (strncmp(p, f->split_dir, n) == 0 && p[n] == '/')
                 return p + n + 1;
             p = strchr(p, '/');
             if (p)
