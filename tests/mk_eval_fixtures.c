@@ -16,8 +16,13 @@
  * DIR/ref-logits.npy     the logits of moe.safetensors on test.npz, one image per
  *                        forward, f32 [11, 3]
  * DIR/train-labels.npy, DIR/test-labels.npy   the labels of train.npz and test.npz
+ *
+ * It starts as the tools do (emoe_tool_init): where the tools choose another OpenBLAS
+ * kernel than the one OpenBLAS picked, ref-logits.npy must come from the same kernel
+ * for emoe-eval's logits to be bit-for-bit equal to it.
  */
 #include "config.h"
+#include "common.h"
 #include "emoe.h"
 
 #include <stdio.h>
@@ -147,6 +152,7 @@ static void free_data(struct emoe_dataset *d)
 
 int main(int argc, char **argv)
 {
+    emoe_tool_init(argc, argv, "mk_eval_fixtures");
     if (argc != 2) {
         fprintf(stderr, "usage: mk_eval_fixtures DIR\n");
         return 2;
